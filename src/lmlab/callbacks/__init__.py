@@ -1,0 +1,8 @@
+"""Lightning callbacks."""
+
+from __future__ import annotations
+
+from lmlab.callbacks.metadata import CheckpointMetadata
+from lmlab.callbacks.throughput import TokensPerSecond
+
+__all__ = ["CheckpointMetadata", "TokensPerSecond"]

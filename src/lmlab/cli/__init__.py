@@ -1,0 +1,1 @@
+"""Command line: the only code that touches Hydra's entry points."""

@@ -1,0 +1,52 @@
+"""Where the config tree lives, and checks of config-group choices before Hydra runs."""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import lmlab
+from lmlab.errors import LmlabError
+
+_CHOICE = re.compile(r"^[+~]{0,2}(?P<group>[A-Za-z_][\w/]*)(@[\w.]+)?=(?P<value>.*)$")
+
+
+@functools.cache
+def config_dir() -> Path:
+    """The `conf/` folder: inside the installed package (wheel), else at the top of the source checkout."""
+    package = Path(lmlab.__file__).resolve().parent
+    for candidate in (package / "conf", package.parent.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise LmlabError(f"lmlab's config folder is missing (looked in {package / 'conf'}); reinstall lmlab")
+
+
+def group_options(group: str) -> list[str]:
+    """The choices of a config group, e.g. `group_options("model")` -> ["gpt", ...]."""
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def check_group_choices(command: str, overrides: list[str]) -> None:
+    """Refuse `group=choice` overrides whose choice has no config file, listing the available ones.
+
+    Hydra would refuse them too, but over several lines and after its own start-up; this names the fix in one.
+    """
+    for override in overrides:
+        match = _CHOICE.match(override)
+        if not match or override.startswith("hydra/") or "." in match["group"]:
+            continue
+        group, value = match["group"], match["value"]
+        if not (config_dir() / group).is_dir() or value in ("", "null"):
+            continue
+        options = group_options(group)
+        for choice in _sweep_values(value):
+            if choice not in options:
+                raise LmlabError(f"unknown {group} {choice!r}; choose one of: {', '.join(options)}")
+
+
+def _sweep_values(value: str) -> list[str]:
+    """`a,b` -> [a, b]; leaves sweep functions such as choice(...) alone (Hydra checks those)."""
+    if "(" in value or "[" in value:
+        return []
+    return [v.strip() for v in value.split(",") if v.strip()]

@@ -1,0 +1,46 @@
+"""`lmlab <command> [hydra overrides]`: dispatch to one small module per command."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from lmlab.cli.configs import check_group_choices
+from lmlab.errors import LmlabError
+
+COMMANDS = {
+    "train": ("lmlab.cli.train", "train a model (default: char-level GPT on Shakespeare)"),
+}
+COMMAND_ENV = "LMLAB_COMMAND"  # lets re-executed worker processes (e.g. DDP ranks) find their command
+
+USAGE = "usage: lmlab <command> [overrides ...] [-m] [--cfg job] [--help]\n\ncommands:\n" + "\n".join(
+    f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `lmlab` script and `python -m lmlab`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        command = args.pop(0)
+    elif os.environ.get(COMMAND_ENV) in COMMANDS:
+        command = os.environ[COMMAND_ENV]
+    elif not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    else:
+        print(f"error: unknown command {args[0]!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        check_group_choices(command, args)
+    except LmlabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    os.environ[COMMAND_ENV] = command
+    sys.argv = [sys.argv[0], *args]
+    importlib.import_module(COMMANDS[command][0]).main()
+
+
+if __name__ == "__main__":
+    main()

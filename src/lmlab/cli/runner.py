@@ -1,0 +1,61 @@
+"""What every command shares: one-line errors for users, and building config groups into objects."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from lmlab.errors import LmlabError
+
+log = logging.getLogger("lmlab")
+T = TypeVar("T")
+
+
+def user_error(err: BaseException) -> str | None:
+    """The one-line message for an error caused by input, or None for a bug (which keeps its traceback)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, LmlabError):
+            return str(seen)
+        if isinstance(seen, OmegaConfBaseException):
+            key = getattr(seen, "full_key", None)
+            text = str(seen).splitlines()[0] if str(seen) else type(seen).__name__
+            return f"config error at {key}: {text}" if key else f"config error: {text}"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def reports_errors(command: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
+    """Decorate a Hydra task function: user errors print as `error: ...` and exit with status 1."""
+
+    @functools.wraps(command)
+    def wrapper(cfg: DictConfig) -> T:
+        try:
+            return command(cfg)
+        except Exception as err:
+            message = user_error(err)
+            if message is None:
+                raise
+            log.debug("user error", exc_info=True)
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(1)
+
+    return wrapper
+
+
+def build_group(cfg: DictConfig | None, what: str) -> list[Any]:
+    """Instantiate each `_target_` entry of a dict-of-configs group (callbacks, loggers)."""
+    from hydra.utils import instantiate
+
+    objects = []
+    for name, node in (cfg or {}).items():
+        if isinstance(node, DictConfig) and "_target_" in node:
+            log.info("instantiating %s <%s> (%s)", what, node._target_, name)
+            objects.append(instantiate(node))
+    return objects

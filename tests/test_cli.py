@@ -1,0 +1,83 @@
+"""The command line: dispatch, one-line errors, and Hydra's own flags passing straight through."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lmlab.cli.configs import check_group_choices
+from lmlab.cli.main import main
+from lmlab.errors import LmlabError
+
+
+def run_cli(*args: str, cwd=None, env=None, timeout: int = 120) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    full_env.pop("LMLAB_COMMAND", None)
+    return subprocess.run(
+        [sys.executable, "-m", "lmlab", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=timeout,
+    )
+
+
+def test_unknown_group_choice_lists_choices() -> None:
+    with pytest.raises(LmlabError, match=r"unknown model 'gtp'; choose one of: gpt"):
+        check_group_choices("train", ["model=gtp"])
+    with pytest.raises(LmlabError, match=r"unknown hardware 'tpu'; choose one of: cpu, default, gpu"):
+        check_group_choices("train", ["hardware=cpu,tpu"])
+    check_group_choices("train", ["model=gpt", "model.n_layer=2", "debug=null", "+foo=1", "hydra.run.dir=x"])
+
+
+def test_unknown_command(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["trian"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: unknown command 'trian'; choose one of: train"
+
+
+def test_bad_group_choice_from_the_shell_is_one_line() -> None:
+    result = run_cli("train", "model=nope")
+    assert result.returncode != 0
+    assert result.stderr.strip() == "error: unknown model 'nope'; choose one of: gpt"
+
+
+def test_cfg_job_prints_composed_config(tmp_path) -> None:
+    result = run_cli("train", "--cfg", "job", "model.n_layer=6", "optimizer.lr=3e-4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "n_layer: 6" in result.stdout and "lr: 0.0003" in result.stdout
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_help_lists_commands_and_hydra_help() -> None:
+    assert "train" in run_cli("--help").stdout
+    result = run_cli("train", "--help")
+    assert result.returncode == 0 and "model: gpt" in result.stdout
+
+
+def test_config_error_is_one_line(tmp_path) -> None:
+    result = run_cli("train", "model.n_head=3", "debug=fdr", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "not divisible by model.n_head=3" in last
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_data_file_is_one_line(tmp_path) -> None:
+    result = run_cli(
+        "train",
+        "data=text_files",
+        f"data.corpus.paths=[{tmp_path}/nope.txt]",
+        f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: data file {tmp_path}/nope.txt does not exist; check the path in data.corpus.paths"
+    )

@@ -1,0 +1,100 @@
+"""Every option of every config group composes and instantiates; every experiment composes."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from lmlab.cli.configs import config_dir, group_options
+from lmlab.data import LMDataModule
+from lmlab.errors import LmlabError
+from lmlab.hardware import check_accelerator
+from lmlab.tasks import CausalLMTask
+from tests.conftest import compose_train
+
+GROUPS = ["model", "tokenizer", "data", "task", "optimizer", "scheduler", "hardware", "logger", "callbacks",
+          "experiment", "debug", "paths", "hydra"]  # fmt: skip
+
+
+def test_group_folders_are_the_documented_ones() -> None:
+    found = {p.name for p in config_dir().iterdir() if p.is_dir()}
+    assert set(GROUPS) <= found
+
+
+def build_trainer(cfg) -> pl.Trainer | None:
+    """The Trainer of `cfg`, or None after asserting that a CUDA profile refuses a CPU-only machine."""
+    try:
+        check_accelerator(cfg.trainer.accelerator)
+    except LmlabError as err:
+        assert not torch.cuda.is_available() and "hardware=cpu" in str(err)
+        return None
+    return instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
+
+
+def instantiate_all(cfg) -> None:
+    """Build every component the way `lmlab train` does (without reading data)."""
+    tokenizer = instantiate(cfg.tokenizer)
+    datamodule = instantiate(cfg.data, _partial_=True)(tokenizer=tokenizer)
+    assert isinstance(datamodule, LMDataModule)
+    model_config = instantiate(cfg.model, vocab_size=50)
+    task = instantiate(cfg.task, _partial_=True)(
+        model=model_config, optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler)
+    )
+    assert isinstance(task, CausalLMTask)
+    optimizer = task.configure_optimizers()
+    assert isinstance(optimizer, dict | torch.optim.Optimizer)
+    for group in ("callbacks", "logger"):
+        for node in (cfg.get(group) or {}).values():
+            assert instantiate(node) is not None
+    build_trainer(cfg)
+
+
+OPTIONS = [(g, o) for g in GROUPS if g not in ("hydra", "paths") for o in group_options(g)]
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_and_instantiates(tmp_path: Path, tiny_corpus: Path, group: str, option: str):
+    overrides = [f"{group}={option}"]
+    if group != "data" or option == "text_files":
+        overrides += ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]"]
+    cfg = compose_train(tmp_path, overrides)
+    OmegaConf.resolve(cfg)
+    assert OmegaConf.missing_keys(cfg) == set()
+    instantiate_all(cfg)
+
+
+def test_optimizer_binds_parameter_groups(cfg_train) -> None:
+    optimizer = instantiate(cfg_train.optimizer)
+    assert isinstance(optimizer, functools.partial)
+    params = [torch.nn.Parameter(torch.zeros(2, 2))]
+    assert isinstance(optimizer(params), torch.optim.AdamW)
+
+
+def test_experiments_start_with_their_command() -> None:
+    for path in sorted((config_dir() / "experiment").glob("*.yaml")):
+        lines = path.read_text().splitlines()
+        assert lines[1] == f"# lmlab train experiment={path.stem}", path
+
+
+def test_default_experiment_is_nanogpt_cpu_recipe(tmp_path: Path) -> None:
+    cfg = compose_train(tmp_path)
+    with_defaults = compose_train(tmp_path, ["experiment=shakespeare_char"])
+    assert cfg.task_name == with_defaults.task_name == "shakespeare_char"
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        full = compose("train")
+    assert (full.model.n_layer, full.model.n_head, full.model.n_embd, full.model.block_size) == (
+        4,
+        4,
+        128,
+        64,
+    )
+    assert (full.data.batch_size, full.trainer.max_steps, full.model.dropout) == (12, 2000, 0.0)
+    assert (full.optimizer.lr, full.scheduler.min_lr, full.scheduler.warmup_steps) == (1e-3, 1e-4, 100)

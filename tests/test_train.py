@@ -1,0 +1,63 @@
+"""Smoke tests of `lmlab train`'s pipeline in-process: a few steps on a tiny corpus."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import torch
+
+from lmlab.cli.train import train
+from lmlab.models import build_model, model_config_from_dict
+from lmlab.tokenizers import load_tokenizer, tokenizer_from_dict
+
+
+def test_train_writes_run_directory(cfg_train, capsys) -> None:
+    metrics = train(cfg_train)
+    run = Path(cfg_train.paths.output_dir)
+    assert {"val/loss", "val/ppl", "val/bpb", "train/loss"} <= set(metrics)
+    assert metrics["val/ppl"] == torch.tensor(metrics["val/loss"]).exp().item()
+    assert (run / "config.yaml").is_file() and (run / "tokenizer.json").is_file()
+    rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
+    assert any(r["val/loss"] for r in rows) and any(r["train/loss"] for r in rows)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    out = capsys.readouterr().out
+    assert "run directory" in out and "sample" in out
+
+
+def test_checkpoint_describes_itself(cfg_train) -> None:
+    train(cfg_train)
+    ckpt_path = Path(cfg_train.paths.output_dir) / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    tokenizer = tokenizer_from_dict(ckpt["lmlab"]["tokenizer"])
+    saved = load_tokenizer(Path(cfg_train.paths.output_dir) / "tokenizer.json")
+    assert tokenizer.to_dict() == saved.to_dict()
+    model = build_model(model_config_from_dict(ckpt["hyper_parameters"]["model"]))
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    assert ckpt["lmlab"]["config"]["model"]["n_embd"] == cfg_train.model.n_embd
+    assert ckpt["global_step"] == cfg_train.trainer.max_steps
+
+
+def test_loss_falls_on_real_budget(tmp_path, tiny_corpus) -> None:
+    from tests.conftest import compose_train
+
+    cfg = compose_train(
+        tmp_path,
+        [
+            "data=text_files",
+            f"data.corpus.paths=[{tiny_corpus}]",
+            "trainer.max_steps=60",
+            "trainer.val_check_interval=30",
+            "model.n_embd=32",
+            "scheduler=constant",
+            "optimizer.lr=3e-3",
+        ],
+    )
+    metrics = train(cfg)
+    rows = list(csv.DictReader((Path(cfg.paths.output_dir) / "csv" / "metrics.csv").open()))
+    val = [float(r["val/loss"]) for r in rows if r["val/loss"]]
+    vocab = len(set(tiny_corpus.read_text())) + 1
+    assert len(val) == 2 and val[-1] < val[0] - 0.3 and val[0] < math.log(vocab)
+    assert metrics["val/loss"] == val[-1]
