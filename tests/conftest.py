@@ -58,3 +58,15 @@ def compose_train(tmp_path: Path, overrides: list[str] | None = None) -> DictCon
 def cfg_train(tmp_path: Path, tiny_corpus: Path) -> DictConfig:
     """The default experiment shrunk to seconds, reading the tiny corpus."""
     return compose_train(tmp_path, ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]"])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests skip cleanly where CUDA is absent."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -14,8 +14,9 @@ from lmlab.errors import LmlabError
 
 
 def run_cli(*args: str, cwd=None, env=None, timeout: int = 120) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
-    full_env.pop("LMLAB_COMMAND", None)
+    """Run `python -m lmlab ARGS`; `env` entries set to None are removed from the environment."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", "LMLAB_COMMAND": None, **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     return subprocess.run(
         [sys.executable, "-m", "lmlab", *args],
         capture_output=True,

