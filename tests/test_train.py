@@ -41,37 +41,20 @@ def test_checkpoint_describes_itself(cfg_train) -> None:
     assert ckpt["global_step"] == cfg_train.trainer.max_steps
 
 
-def test_loss_falls_on_real_budget(tmp_path, tiny_corpus) -> None:
+@pytest.mark.parametrize("hardware", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def test_loss_falls_on_real_budget(tmp_path, tiny_corpus, hardware: str) -> None:
     from tests.conftest import compose_train
 
     cfg = compose_train(
         tmp_path,
-        [
-            "data=text_files",
-            f"data.corpus.paths=[{tiny_corpus}]",
-            "trainer.max_steps=60",
-            "trainer.val_check_interval=30",
-            "model.n_embd=32",
-            "scheduler=constant",
-            "optimizer.lr=3e-3",
-        ],
-    )
+        [f"hardware={hardware}", "data=text_files", f"data.corpus.paths=[{tiny_corpus}]", "trainer.max_steps=60",
+         "trainer.val_check_interval=30", "model.n_embd=32", "scheduler=constant", "optimizer.lr=3e-3"],
+    )  # fmt: skip
     metrics = train(cfg)
     rows = list(csv.DictReader((Path(cfg.paths.output_dir) / "csv" / "metrics.csv").open()))
     val = [float(r["val/loss"]) for r in rows if r["val/loss"]]
     vocab = len(set(tiny_corpus.read_text())) + 1
     assert len(val) == 2 and val[-1] < val[0] - 0.3 and val[0] < math.log(vocab)
     assert metrics["val/loss"] == val[-1]
-
-
-@pytest.mark.gpu
-def test_trains_on_gpu_in_bf16(tmp_path, tiny_corpus) -> None:
-    from tests.conftest import compose_train
-
-    overrides = ["hardware=gpu", "data=text_files", f"data.corpus.paths=[{tiny_corpus}]", "trainer.max_steps=40"]
-    cfg = compose_train(tmp_path, [*overrides, "trainer.val_check_interval=20", "scheduler=constant"])
-    metrics = train(cfg)
-    assert cfg.trainer.precision == "bf16-mixed"
-    assert math.isfinite(metrics["val/loss"]) and metrics["val/loss"] < 3.0
     ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert all(t.device.type == "cpu" for t in ckpt["state_dict"].values())
+    assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
