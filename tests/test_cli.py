@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lmlab.cli.configs import check_group_choices
+from lmlab.cli.configs import check_group_choices, group_options
 from lmlab.cli.main import main
 from lmlab.errors import LmlabError
 
@@ -28,7 +28,7 @@ def run_cli(*args: str, cwd=None, env=None, timeout: int = 120) -> subprocess.Co
 
 
 def test_unknown_group_choice_lists_choices() -> None:
-    with pytest.raises(LmlabError, match=r"unknown model 'gtp'; choose one of: gpt"):
+    with pytest.raises(LmlabError, match=r"unknown model 'gtp'; choose one of: bert, gpt, "):
         check_group_choices("train", ["model=gtp"])
     with pytest.raises(LmlabError, match=r"unknown hardware 'tpu'; choose one of: cpu, default, gpu"):
         check_group_choices("train", ["hardware=cpu,tpu"])
@@ -46,7 +46,8 @@ def test_unknown_command(capsys) -> None:
 def test_bad_group_choice_from_the_shell_is_one_line() -> None:
     result = run_cli("train", "model=nope")
     assert result.returncode != 0
-    assert result.stderr.strip() == "error: unknown model 'nope'; choose one of: gpt"
+    expected = f"error: unknown model 'nope'; choose one of: {', '.join(group_options('model'))}"
+    assert result.stderr.strip() == expected and "ngram" in expected
 
 
 def test_cfg_job_prints_composed_config(tmp_path) -> None:
@@ -59,7 +60,7 @@ def test_cfg_job_prints_composed_config(tmp_path) -> None:
 def test_help_lists_commands_and_hydra_help() -> None:
     assert "train" in run_cli("--help").stdout
     result = run_cli("train", "--help")
-    assert result.returncode == 0 and "model: gpt" in result.stdout
+    assert result.returncode == 0 and "model: bert, gpt" in result.stdout
 
 
 def test_config_error_is_one_line(tmp_path) -> None:

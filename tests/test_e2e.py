@@ -12,12 +12,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY_OVERRIDES
+from tests.conftest import TINY_MODEL, TINY_OVERRIDES
 from tests.test_cli import run_cli
 
 pytestmark = pytest.mark.slow
 
-TINY = [o for o in TINY_OVERRIDES if not o.startswith("logger=")]
+TINY = [o for o in TINY_OVERRIDES + TINY_MODEL["gpt"] if not o.startswith("logger=")]
 
 
 def wandb_runs(run_dir: Path) -> list[Path]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
+from lmlab.cli.configs import group_options
 from lmlab.cli.train import train
 from lmlab.models import build_model, model_config_from_dict
 from lmlab.tokenizers import load_tokenizer, tokenizer_from_dict
@@ -58,3 +60,24 @@ def test_loss_falls_on_real_budget(tmp_path, tiny_corpus, hardware: str) -> None
     assert metrics["val/loss"] == val[-1]
     ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+
+
+TRAIN_CASES = [[f"model={m}"] for m in group_options("model")] + [
+    ["tokenizer=bpe", "tokenizer.vocab_size=300"],
+    ["model=gpt_llama", "tokenizer=bpe", "tokenizer.vocab_size=300"],
+]
+
+
+@pytest.mark.parametrize("overrides", TRAIN_CASES, ids=lambda o: ",".join(o))
+def test_every_model_and_tokenizer_trains_a_few_steps(tmp_path, tiny_corpus, overrides: list[str]) -> None:
+    from tests.conftest import compose_train
+    from tests.test_configs import companions
+
+    choice = overrides[0].split("=", 1)
+    extra = companions(*choice, tmp_path, tiny_corpus)
+    cfg = compose_train(tmp_path, [*overrides, *extra, "data=text_files", f"data.corpus.paths=[{tiny_corpus}]"])
+    metrics = train(cfg)
+    assert math.isfinite(metrics["val/loss"])
+    summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+    assert summary["parameters"] > 0 and summary["metrics"]["val/loss"] == metrics["val/loss"]
+    assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()

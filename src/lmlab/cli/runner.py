@@ -59,3 +59,22 @@ def build_group(cfg: DictConfig | None, what: str) -> list[Any]:
             log.info("instantiating %s <%s> (%s)", what, node._target_, name)
             objects.append(instantiate(node))
     return objects
+
+
+def instantiate_config(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """Instantiate a config dataclass; a key it does not have becomes a one-line `LmlabError`."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
+            name = str(cause).split("'")[-2]
+            target = node._target_.rsplit(".", 1)[-1]
+            raise LmlabError(
+                f"{key}.{name} is not a setting of {target}; remove it (it may come from an experiment meant for "
+                "another model)"
+            ) from err
+        raise

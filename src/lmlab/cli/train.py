@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,7 +12,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lmlab.cli.configs import config_dir
-from lmlab.cli.runner import build_group, reports_errors
+from lmlab.cli.runner import build_group, instantiate_config, reports_errors
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -37,16 +38,16 @@ def build_datamodule(cfg: DictConfig) -> LMDataModule:
 
 def build_task(cfg: DictConfig, tokenizer: Tokenizer) -> CausalLMTask:
     """Model config (sized by the tokenizer) + optimizer + scheduler -> the task that trains it."""
-    from hydra.utils import instantiate
+    from hydra.utils import get_class, instantiate
 
     log.info("instantiating model <%s>", cfg.model._target_)
-    model_config = instantiate(cfg.model, vocab_size=tokenizer.vocab_size)
+    model_config = instantiate_config(cfg.model, "model", vocab_size=tokenizer.vocab_size)
     log.info("instantiating task <%s>", cfg.task._target_)
     return instantiate(cfg.task, _partial_=True)(
         model=model_config,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        token_bytes=tokenizer.token_bytes(),
+        **get_class(cfg.task._target_).tokenizer_arguments(tokenizer),
     )
 
 
@@ -68,7 +69,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
 
     from lmlab.callbacks import CheckpointMetadata
-    from lmlab.reporting import print_run_summary, sample_text
+    from lmlab.reporting import print_run_summary, sample_text, write_summary
     from lmlab.tokenizers import save_tokenizer
 
     run_dir = Path(cfg.paths.output_dir)
@@ -85,14 +86,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in trainer.loggers:
         logger.log_hyperparams(resolved)
 
+    started = time.perf_counter()
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_seconds = time.perf_counter() - started
     if trainer.fast_dev_run:
         return {}
-    if trainer.global_step % int(cfg.trainer.val_check_interval):
+    if task.last_val_step != trainer.global_step:
         trainer.validate(task, datamodule=datamodule, verbose=False)  # the budget ended between evaluations
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
-    sample = sample_text(task.model, tokenizer, task.model_config.block_size, seed=cfg.seed, **cfg.sample)
+    sample = None
+    if task.model_config.causal:
+        sample = sample_text(task.model, tokenizer, task.model_config.block_size, seed=cfg.seed, **cfg.sample)
     print_run_summary(run_dir, metrics, trainer.checkpoint_callback, sample)
+    write_summary(run_dir, task, datamodule, metrics, fit_seconds)
     return metrics
 
 

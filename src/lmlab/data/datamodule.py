@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
@@ -96,6 +97,11 @@ class LMDataModule(pl.LightningDataModule):
     def tokenizer(self) -> Tokenizer:
         self.setup()
         return self.splits.tokenizer
+
+    def train_ids(self) -> np.ndarray:
+        """The whole training split as one id array (counting models fit on it directly)."""
+        self.setup()
+        return self.splits.train
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

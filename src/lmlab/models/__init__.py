@@ -8,12 +8,20 @@ from typing import Any
 from torch import nn
 
 from lmlab.errors import LmlabError
+from lmlab.models.bert import Bert, BertConfig
 from lmlab.models.gpt import GPT, GPTConfig
+from lmlab.models.lstm import LSTM, LSTMConfig
+from lmlab.models.ngram import NGram, NGramConfig
 
-ModelConfig = GPTConfig
-"""Union of the model config dataclasses (grows with the model ladder)."""
+ModelConfig = GPTConfig | LSTMConfig | BertConfig | NGramConfig
+"""Any model config dataclass. Each has a `family` name and says whether it is `causal`."""
 
-_FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {"gpt": (GPTConfig, GPT)}
+_FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
+    "gpt": (GPTConfig, GPT),
+    "lstm": (LSTMConfig, LSTM),
+    "bert": (BertConfig, Bert),
+    "ngram": (NGramConfig, NGram),
+}
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -35,4 +43,24 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
     return _FAMILIES[family][0](**fields)
 
 
-__all__ = ["GPT", "GPTConfig", "ModelConfig", "build_model", "model_config_from_dict", "model_config_to_dict"]
+def count_parameters(model: nn.Module) -> int:
+    """The model's own count where it defines one (tied weights once, n-gram entries), else its parameters."""
+    count = getattr(model, "num_parameters", None)
+    return int(count()) if callable(count) else sum(p.numel() for p in model.parameters())
+
+
+__all__ = [
+    "GPT",
+    "LSTM",
+    "Bert",
+    "BertConfig",
+    "GPTConfig",
+    "LSTMConfig",
+    "ModelConfig",
+    "NGram",
+    "NGramConfig",
+    "build_model",
+    "count_parameters",
+    "model_config_from_dict",
+    "model_config_to_dict",
+]

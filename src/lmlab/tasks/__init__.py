@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from lmlab.tasks.causal_lm import CausalLMTask, decay_groups
+from lmlab.tasks.base import ModelTask, decay_groups
+from lmlab.tasks.causal_lm import CausalLMTask
+from lmlab.tasks.masked_lm import MaskedLMTask, mask_tokens
 from lmlab.tasks.schedules import constant, warmup_cosine, warmup_cosine_factor
 
-__all__ = ["CausalLMTask", "constant", "decay_groups", "warmup_cosine", "warmup_cosine_factor"]
+__all__ = [
+    "CausalLMTask",
+    "MaskedLMTask",
+    "ModelTask",
+    "constant",
+    "decay_groups",
+    "mask_tokens",
+    "warmup_cosine",
+    "warmup_cosine_factor",
+]

@@ -31,11 +31,58 @@ class Tokenizer(Protocol):
         """A JSON-serialisable description from which `tokenizer_from_dict` rebuilds it."""
         ...
 
+    def special_ids(self) -> dict[str, int]:
+        """Ids of the special tokens that exist, by role: "mask", "pad", "bos", "eos", "unk", "cls", "sep"."""
+        ...
+
 
 class TokenizerConfig(Protocol):
     """How to train a tokenizer from text; its fields key the token cache."""
 
     def train(self, texts: Iterable[str]) -> Tokenizer: ...
+
+
+SPECIAL_ROLES = ("mask", "pad", "bos", "eos", "unk", "cls", "sep")
+"""The role names `Tokenizer.special_ids` may use."""
+
+_ROLE_ALIASES = {
+    "mask": "mask",
+    "pad": "pad",
+    "bos": "bos",
+    "s": "bos",
+    "startoftext": "bos",
+    "eos": "eos",
+    "/s": "eos",
+    "endoftext": "eos",
+    "unk": "unk",
+    "cls": "cls",
+    "sep": "sep",
+}
+
+
+def special_role(token: str) -> str | None:
+    """The role of a special token's text, or None: `<mask>`/`[MASK]` -> "mask", `<|endoftext|>`/`</s>` -> "eos".
+
+    The name inside `<|...|>`, `<...>` or `[...]` is looked up case-insensitively; `<s>` is "bos" and GPT-2's
+    `<|endoftext|>` is "eos" (the document separator of a causal LM).
+    """
+    if token.startswith("<|") and token.endswith("|>") and len(token) > 4:
+        name = token[2:-2]
+    elif (token.startswith("<") and token.endswith(">")) or (token.startswith("[") and token.endswith("]")):
+        name = token[1:-1]
+    else:
+        return None
+    return _ROLE_ALIASES.get(name.strip().lower())
+
+
+def special_ids_by_role(tokens: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """Map (token text, id) pairs to `{role: id}`; the first token of each role wins, unrecognised ones are left out."""
+    ids: dict[str, int] = {}
+    for token, token_id in tokens:
+        role = special_role(token)
+        if role is not None and role not in ids:
+            ids[role] = token_id
+    return ids
 
 
 _REGISTRY: dict[str, type] = {}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from lmlab.tokenizers.base import register
+from lmlab.errors import LmlabError
+from lmlab.tokenizers.base import register, special_ids_by_role
 
 UNKNOWN = "\ufffd"
 """Characters absent from the training text encode to the Unicode replacement character."""
@@ -16,21 +17,27 @@ UNKNOWN = "\ufffd"
 
 @register
 class CharTokenizer:
-    """Maps each character of a fixed alphabet to its index; unseen characters become `UNKNOWN`."""
+    """Maps each character of a fixed alphabet to its index; unseen characters become `UNKNOWN`.
+
+    Special tokens (e.g. `<mask>`) get the ids after the alphabet, in the order given. `encode` never produces them,
+    `decode` writes their text, and they count 0 bytes.
+    """
 
     kind = "char"
 
-    def __init__(self, chars: Iterable[str]) -> None:
+    def __init__(self, chars: Iterable[str], special_tokens: Sequence[str] = ()) -> None:
         alphabet = sorted(set(chars) | {UNKNOWN})
         if any(len(c) != 1 for c in alphabet):
             raise ValueError("a character tokenizer's alphabet holds single characters only")
         self.chars: list[str] = alphabet
+        self.special_tokens: list[str] = _check_special_tokens(special_tokens)
+        self._itos = alphabet + self.special_tokens
         self._codepoints = np.array([ord(c) for c in alphabet], dtype=np.uint32)  # sorted
         self._unknown_id = alphabet.index(UNKNOWN)
 
     @property
     def vocab_size(self) -> int:
-        return len(self.chars)
+        return len(self._itos)
 
     def encode_array(self, text: str) -> np.ndarray:
         """Vectorised encoding: (len(text),) int64 ids."""
@@ -44,25 +51,48 @@ class CharTokenizer:
         return self.encode_array(text).tolist()
 
     def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self.chars[i] for i in ids)
+        return "".join(self._itos[i] for i in ids)
 
     def token_bytes(self) -> list[int]:
-        return [len(c.encode("utf-8")) for c in self.chars]
+        return [len(c.encode("utf-8")) for c in self.chars] + [0] * len(self.special_tokens)
+
+    def special_ids(self) -> dict[str, int]:
+        ids = special_ids_by_role((t, len(self.chars) + i) for i, t in enumerate(self.special_tokens))
+        return {**ids, "unk": self._unknown_id}  # encode maps unseen characters to UNKNOWN
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "chars": self.chars}
+        data: dict[str, Any] = {"kind": self.kind, "chars": self.chars}
+        if self.special_tokens:
+            data["special_tokens"] = self.special_tokens
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CharTokenizer:
-        return cls(data["chars"])
+        return cls(data["chars"], data.get("special_tokens", ()))
+
+
+def _check_special_tokens(tokens: Sequence[str]) -> list[str]:
+    tokens = [str(t) for t in tokens]
+    if any(not t for t in tokens) or len(set(tokens)) != len(tokens):
+        raise LmlabError(
+            f"tokenizer.special_tokens={tokens} must be distinct non-empty strings; "
+            "give e.g. tokenizer.special_tokens='[<mask>,<pad>]'"
+        )
+    return tokens
 
 
 @dataclass
 class CharTokenizerConfig:
     """Build a character vocabulary from the training split."""
 
+    special_tokens: list[str] = field(default_factory=list)
+    """Extra tokens with their own ids after the characters, e.g. `["<mask>"]` for masked LM."""
+
+    def __post_init__(self) -> None:
+        self.special_tokens = _check_special_tokens(self.special_tokens)  # also turns Hydra's ListConfig into a list
+
     def train(self, texts: Iterable[str]) -> CharTokenizer:
         seen: set[str] = set()
         for text in texts:
             seen.update(text)
-        return CharTokenizer(seen)
+        return CharTokenizer(seen, self.special_tokens)

@@ -1,0 +1,147 @@
+"""Transformer pieces shared by the GPT decoder and the BERT encoder."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmlab.errors import LmlabError
+
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope")
+
+
+class TransformerShape(Protocol):
+    """The config fields a Transformer block reads (GPTConfig and BertConfig both have them)."""
+
+    block_size: int
+    n_embd: int
+    n_head: int
+    dropout: float
+    bias: bool
+    norm: str
+    pos_embedding: str
+
+
+def check_transformer_shape(config: TransformerShape) -> None:
+    """Validate the fields every Transformer config shares; raise `LmlabError` naming the fix."""
+    for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        if getattr(config, name) < 1:
+            raise LmlabError(f"model.{name}={getattr(config, name)} must be a positive integer")
+    if config.n_embd % config.n_head:
+        raise LmlabError(
+            f"model.n_embd={config.n_embd} is not divisible by model.n_head={config.n_head}; "
+            "pick n_embd as a multiple of n_head"
+        )
+    if config.pos_embedding == "rope" and (config.n_embd // config.n_head) % 2:
+        raise LmlabError(f"model.pos_embedding=rope needs an even head size, got {config.n_embd // config.n_head}")
+    if not 0.0 <= config.dropout < 1.0:
+        raise LmlabError(f"model.dropout={config.dropout} must be in [0, 1)")
+    if config.norm not in NORMS:
+        raise LmlabError(f"model.norm={config.norm!r} is unknown; choose one of: {', '.join(NORMS)}")
+    if config.pos_embedding not in POSITIONS:
+        raise LmlabError(
+            f"model.pos_embedding={config.pos_embedding!r} is unknown; choose one of: {', '.join(POSITIONS)}"
+        )
+
+
+def make_norm(config: TransformerShape) -> nn.Module:
+    """LayerNorm (optionally without bias) or RMSNorm over the residual width."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (rotate-half convention, as Llama uses), applied to queries and keys."""
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10_000.0) -> None:
+        super().__init__()
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (D/2,)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (T, D/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (T, D)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Rotate x (B, H, T, D) by the angles of positions offset .. offset+T-1."""
+        T = x.size(-2)
+        cos, sin = self.cos[offset : offset + T].to(x.dtype), self.sin[offset : offset + T].to(x.dtype)  # (T, D)
+        half = x.size(-1) // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through `scaled_dot_product_attention`; causal or bidirectional."""
+
+    def __init__(self, config: TransformerShape, causal: bool) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.causal = causal
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        head_dim = config.n_embd // config.n_head
+        self.rotary = Rotary(head_dim, config.block_size) if config.pos_embedding == "rope" else None
+
+    def forward(self, x: torch.Tensor, key_padding: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C); key_padding (B, T) True where a token may be attended to (None = all)."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 × (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        mask = None if key_padding is None else key_padding[:, None, None, :].bool()  # (B, 1, 1, T)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
+        )  # (B, H, T, D)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    """Two linear layers with GELU, 4× the residual width inside."""
+
+    def __init__(self, config: TransformerShape) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: TransformerShape, causal: bool) -> None:
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = SelfAttention(config, causal)
+        self.ln_2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, key_padding: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), key_padding)
+        return x + self.mlp(self.ln_2(x))
+
+
+def init_gpt2_weights(model: nn.Module, n_layer: int) -> None:
+    """GPT-2 init: N(0, 0.02) for linear and embedding weights, zero biases, and residual projections scaled by
+    1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    for name, param in model.named_parameters():
+        if name.endswith(("attn.proj.weight", "mlp.proj.weight")):
+            nn.init.normal_(param, mean=0.0, std=0.02 / (2 * n_layer) ** 0.5)

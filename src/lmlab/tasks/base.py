@@ -1,0 +1,78 @@
+"""What every training task shares: building the model from its config, and optimizer wiring."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+from torch import nn
+from torch.optim import Optimizer
+
+from lmlab.models import ModelConfig, build_model, model_config_from_dict, model_config_to_dict
+from lmlab.tokenizers import Tokenizer
+
+OptimizerFactory = Callable[..., Optimizer]
+SchedulerFactory = Callable[[Optimizer], Any]
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices (≥2-D: linear and embedding weights), none on biases and norm gains."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class ModelTask(pl.LightningModule):
+    """A LightningModule that owns one model built from a config, and an optimizer + schedule for it.
+
+    Args:
+        model: the model's config (dataclass or its dict form); the task builds the module, so the saved
+            hyper-parameters are a small dict, never a module.
+        optimizer: partial optimizer, called with parameter groups.
+        scheduler: partial LR scheduler, called with the optimizer; stepped every optimizer step.
+        weight_decay: decay applied to ≥2-D weights only.
+    """
+
+    def __init__(
+        self,
+        model: ModelConfig | dict[str, Any],
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        weight_decay: float = 0.1,
+    ) -> None:
+        super().__init__()
+        config = model_config_from_dict(model) if isinstance(model, dict) else model
+        self.check_model(config)
+        self.save_hyperparameters({"model": model_config_to_dict(config), "weight_decay": weight_decay})
+        self.model_config = config
+        self.model = build_model(config)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.weight_decay = weight_decay
+        self.last_val_step = -1
+        """Global step of the latest validation, so the CLI knows whether the final weights were evaluated."""
+
+    def check_model(self, config: ModelConfig) -> None:
+        """Refuse a model this objective cannot train (raise `LmlabError` naming the fix)."""
+
+    @staticmethod
+    def tokenizer_arguments(tokenizer: Tokenizer) -> dict[str, Any]:
+        """Constructor arguments this task takes from the tokenizer (e.g. bytes per token, the mask id)."""
+        return {}
+
+    def configure_optimizers(self) -> Any:
+        if not any(p.requires_grad for p in self.model.parameters()):
+            return None  # a counting model (n-gram) trains without gradient steps
+        if self.optimizer_factory is None:
+            raise RuntimeError(f"{type(self).__name__} was built without an optimizer; pass optimizer=... to train")
+        optimizer = self.optimizer_factory(decay_groups(self.model, self.weight_decay))
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_validation_epoch_end(self) -> None:
+        if self._trainer is None or not self._trainer.sanity_checking:
+            self.last_val_step = self.global_step

@@ -1,0 +1,217 @@
+"""Pretrained Hugging Face tokenizers (a `tokenizer.json`), wrapped in lmlab's tokenizer contract."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer as _HFTokenizer
+
+from lmlab.errors import LmlabError
+from lmlab.tokenizers.base import register, special_ids_by_role
+
+_BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+_PRETOKEN_BOUNDARY = re.compile(r"\n(?=\w)")
+"""A newline followed by a word character always ends a GPT-2 pre-token, so text may be cut after it."""
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table, the alphabet of byte-level BPE tokens."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    shifted = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + shifted)
+            shifted += 1
+    return table
+
+
+_UNICODE_TO_BYTE = {c: b for b, c in bytes_to_unicode().items()}
+
+
+@register
+class HFTokenizer:
+    """A `tokenizers.Tokenizer` behind lmlab's contract; saved as its full JSON, so checkpoints are self-contained.
+
+    `encode` adds no special tokens, and special tokens written in the text are encoded as plain text, so ids of
+    special tokens come only from `special_ids`. Padding and truncation stored in the JSON are switched off.
+    `token_bytes`: 0 for special tokens; the decoded byte length for byte-level tokenizers (GPT-2 style); for
+    WordPiece (BERT) the UTF-8 length of the token without its `##` prefix, and for Metaspace (SentencePiece) the
+    length with `▁` read as a space. The latter two are approximations: a WordPiece tokenizer drops the spaces between
+    words and may lowercase or strip accents, so bits per byte from it are only roughly comparable.
+    """
+
+    kind = "hf"
+
+    def __init__(self, tokenizer_json: str) -> None:
+        self.tokenizer_json = tokenizer_json
+        self.tokenizer = _HFTokenizer.from_str(tokenizer_json)
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.tokenizer.encode_special_tokens = True
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @cached_property
+    def _vocab_size(self) -> int:
+        return max(self.tokenizer.get_vocab(with_added_tokens=True).values(), default=-1) + 1
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_array(self, text: str, piece_chars: int = 1 << 14) -> np.ndarray:
+        """Same ids as `encode`, as an int64 array; long texts of byte-level tokenizers are encoded in parallel."""
+        if not self._splittable or len(text) <= piece_chars:
+            return np.asarray(self.encode(text), dtype=np.int64)
+        pieces = list(_pieces(text, piece_chars))
+        encodings = self.tokenizer.encode_batch(pieces, add_special_tokens=False)
+        return np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encodings])
+
+    @cached_property
+    def _splittable(self) -> bool:
+        """True when cutting text at `_PRETOKEN_BOUNDARY` cannot change the ids: plain GPT-2 style byte-level BPE."""
+        spec = json.loads(self.tokenizer_json)
+        pre = spec.get("pre_tokenizer") or {}
+        return (
+            spec.get("normalizer") is None
+            and pre.get("type") == "ByteLevel"
+            and pre.get("use_regex", True)
+            and not pre.get("add_prefix_space", False)
+        )
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def token_bytes(self) -> list[int]:
+        return list(self._token_bytes)
+
+    @cached_property
+    def _token_bytes(self) -> list[int]:
+        measure = _token_measure(json.loads(self.tokenizer_json))
+        lengths = [0] * self.vocab_size
+        for token, token_id in self.tokenizer.get_vocab(with_added_tokens=False).items():
+            lengths[token_id] = measure(token)
+        for token_id, added in self.tokenizer.get_added_tokens_decoder().items():
+            lengths[token_id] = 0 if added.special else len(added.content.encode("utf-8"))
+        return lengths
+
+    def special_ids(self) -> dict[str, int]:
+        added = sorted(self.tokenizer.get_added_tokens_decoder().items())
+        return special_ids_by_role((token.content, token_id) for token_id, token in added if token.special)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "tokenizer_json": self.tokenizer_json}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HFTokenizer:
+        return cls(data["tokenizer_json"])
+
+
+def _component_types(component: dict[str, Any] | None) -> set[str]:
+    """The `type`s of a tokenizer.json component, looking inside `Sequence`s."""
+    if not component:
+        return set()
+    types = {component.get("type", "")}
+    for child in component.get("decoders", []) + component.get("pretokenizers", []):
+        types |= _component_types(child)
+    return types
+
+
+def _token_measure(spec: dict[str, Any]) -> Callable[[str], int]:
+    """How many bytes of text one vocabulary entry stands for, chosen from the decoder the tokenizer uses."""
+    decoders = _component_types(spec.get("decoder"))
+    if "ByteLevel" in decoders:
+        return _byte_level_length
+    if "WordPiece" in decoders:
+        prefix = spec.get("model", {}).get("continuing_subword_prefix") or "##"
+        return lambda token: len(token.removeprefix(prefix).encode("utf-8"))
+    if "Metaspace" in decoders or "ByteFallback" in decoders:
+        return lambda token: 1 if _BYTE_FALLBACK.fullmatch(token) else len(token.replace("▁", " ").encode("utf-8"))
+    return lambda token: len(token.encode("utf-8"))
+
+
+def _pieces(text: str, size: int) -> Iterator[str]:
+    """Cut `text` into pieces of about `size` characters, each cut at a `_PRETOKEN_BOUNDARY`."""
+    start = 0
+    while start < len(text):
+        match = _PRETOKEN_BOUNDARY.search(text, start + size)
+        end = match.end() if match else len(text)
+        yield text[start:end]
+        start = end
+
+
+def _byte_level_length(token: str) -> int:
+    return sum(1 if c in _UNICODE_TO_BYTE else len(c.encode("utf-8")) for c in token)
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are `name` or `org/name`; anything else (absolute, `./x`, `~/x`, `a/b/c`, `x.json`) is a local path."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith(".json") or "\\" in name
+
+
+@dataclass
+class HFTokenizerConfig:
+    """Load a pretrained tokenizer; training texts are ignored.
+
+    `name_or_path` is a folder holding `tokenizer.json`, the path of such a file, or (only when no such path exists)
+    a Hugging Face hub id such as `bert-base-uncased`, fetched with `tokenizers.Tokenizer.from_pretrained`.
+    """
+
+    name_or_path: str
+    """A folder with tokenizer.json, a tokenizer.json file, or a hub id."""
+
+    def local_file(self) -> Path | None:
+        """The tokenizer.json this config names on disk, or None when it names a hub id."""
+        path = Path(str(self.name_or_path)).expanduser()
+        if path.is_dir():
+            if not (path / "tokenizer.json").is_file():
+                raise LmlabError(
+                    f"folder {path} has no tokenizer.json; point tokenizer.name_or_path at a folder or file holding one"
+                )
+            return path / "tokenizer.json"
+        if path.is_file():
+            return path
+        if _looks_like_path(str(self.name_or_path)):
+            raise LmlabError(f"tokenizer {path} does not exist; check tokenizer.name_or_path")
+        return None
+
+    def load(self) -> HFTokenizer:
+        """Read the tokenizer from disk, or from the hub when `name_or_path` is not a local path."""
+        path = self.local_file()
+        if path is not None:
+            try:
+                return HFTokenizer(path.read_text(encoding="utf-8"))
+            except Exception as err:
+                message = f"cannot read tokenizer {path}: {_one_line(err)}; give a valid tokenizer.json"
+                raise LmlabError(message) from err
+        try:
+            tokenizer = _HFTokenizer.from_pretrained(str(self.name_or_path))
+        except Exception as err:
+            raise LmlabError(
+                f"tokenizer folder {self.name_or_path!r} was not found and loading it from the Hugging Face hub "
+                f"failed ({_one_line(err)}); give a local folder or tokenizer.json in tokenizer.name_or_path"
+            ) from err
+        return HFTokenizer(tokenizer.to_str())
+
+    def fingerprint(self) -> str:
+        """Hash of the tokenizer's content, so the token cache notices a changed tokenizer.json."""
+        path = self.local_file()
+        content = path.read_bytes() if path is not None else self.load().tokenizer_json.encode("utf-8")
+        return "hf-" + hashlib.sha256(content).hexdigest()
+
+    def train(self, texts: Iterable[str]) -> HFTokenizer:
+        return self.load()
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300]
