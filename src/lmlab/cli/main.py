@@ -11,6 +11,10 @@ from lmlab.errors import LmlabError
 
 COMMANDS = {
     "train": ("lmlab.cli.train", "train a model (default: char-level GPT on Shakespeare)"),
+    "generate": ("lmlab.cli.generate", "sample text from a checkpoint: lmlab generate ckpt=RUN prompt='...'"),
+    "eval": ("lmlab.cli.eval", "evaluate a checkpoint: loss, perplexity, bits per byte (accuracy/F1 for classifiers)"),
+    "predict": ("lmlab.cli.predict", "classify texts with a checkpoint: lmlab predict ckpt=RUN input=FILE output=FILE"),
+    "export": ("lmlab.cli.export", "export a checkpoint to Hugging Face format: lmlab export ckpt=RUN out=DIR"),
 }
 COMMAND_ENV = "LMLAB_COMMAND"  # lets re-executed worker processes (e.g. DDP ranks) find their command
 

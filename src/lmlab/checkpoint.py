@@ -1,0 +1,91 @@
+"""Loading lmlab checkpoints: a path (file or run directory) in, model + tokenizer + config out.
+
+A checkpoint describes itself: `hyper_parameters["model"]` is the model config with its family, and
+`checkpoint["lmlab"]` holds the tokenizer, the resolved run config and the lmlab version. Loading uses
+`torch.load(weights_only=True)`, so a checkpoint can never run code.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmlab.errors import LmlabError
+from lmlab.models import ModelConfig, build_model, model_config_from_dict
+from lmlab.tokenizers import Tokenizer, tokenizer_from_dict
+
+
+@dataclass
+class LoadedCheckpoint:
+    """What later commands need from a training run."""
+
+    path: Path
+    model_config: ModelConfig
+    model: nn.Module
+    tokenizer: Tokenizer
+    run_config: dict[str, Any] = field(default_factory=dict)
+    hyper_parameters: dict[str, Any] = field(default_factory=dict)
+    global_step: int = 0
+
+    @property
+    def task_target(self) -> str:
+        """The `_target_` of the task that trained it, e.g. `lmlab.tasks.CausalLMTask`."""
+        return str(self.run_config.get("task", {}).get("_target_", ""))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the best (else last) checkpoint of a run directory."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        best = sorted(folder.glob("best*.ckpt"))
+        if best:
+            return best[-1]
+        if (folder / "last.ckpt").is_file():
+            return folder / "last.ckpt"
+        raise LmlabError(f"{path} holds no checkpoint (no checkpoints/best*.ckpt or last.ckpt); give a .ckpt file")
+    raise LmlabError(f"checkpoint {path} does not exist; give a .ckpt file or a run directory")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dict, loaded safely; corrupt or foreign files become one-line errors."""
+    path = resolve_checkpoint(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LmlabError(f"cannot read checkpoint {path} ({first[:120]}); it may be truncated or corrupt") from err
+    if not isinstance(checkpoint, dict) or "lmlab" not in checkpoint or "state_dict" not in checkpoint:
+        raise LmlabError(f"{path} is not an lmlab checkpoint (no model description inside); train one with lmlab")
+    return checkpoint
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Rebuild the model (in eval mode, on `device`) and the tokenizer of a checkpoint."""
+    file = resolve_checkpoint(path)
+    checkpoint = read_checkpoint(file)
+    config = model_config_from_dict(checkpoint["hyper_parameters"]["model"])
+    model = build_model(config)
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise LmlabError(f"the weights in {file} do not fit a {config.family} of the saved shape; is it corrupt?") from err
+    meta = checkpoint["lmlab"]
+    return LoadedCheckpoint(
+        path=file,
+        model_config=config,
+        model=model.to(device).eval(),
+        tokenizer=tokenizer_from_dict(meta["tokenizer"]),
+        run_config=meta.get("config", {}),
+        hyper_parameters=checkpoint["hyper_parameters"],
+        global_step=int(checkpoint.get("global_step", 0)),
+    )
