@@ -40,7 +40,7 @@ def test_unknown_command(capsys) -> None:
         main(["trian"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: unknown command 'trian'; choose one of: train"
+    assert err == "error: unknown command 'trian'; choose one of: train, generate, eval, predict, export"
 
 
 def test_bad_group_choice_from_the_shell_is_one_line() -> None:
