@@ -62,10 +62,18 @@ def test_loss_falls_on_real_budget(tmp_path, tiny_corpus, hardware: str) -> None
     assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
 
 
-TRAIN_CASES = [[f"model={m}"] for m in group_options("model")] + [
-    ["tokenizer=bpe", "tokenizer.vocab_size=300"],
-    ["model=gpt_llama", "tokenizer=bpe", "tokenizer.vocab_size=300"],
+EXPERIMENTS = [
+    [f"experiment={e}"] if e != "shakespeare_char_gpu" else pytest.param([f"experiment={e}"], marks=pytest.mark.gpu)
+    for e in group_options("experiment")
 ]
+TRAIN_CASES = (
+    [[f"model={m}"] for m in group_options("model")]
+    + EXPERIMENTS
+    + [
+        ["tokenizer=bpe", "tokenizer.vocab_size=300"],
+        ["model=gpt_llama", "tokenizer=bpe", "tokenizer.vocab_size=300"],
+    ]
+)
 
 
 @pytest.mark.parametrize("overrides", TRAIN_CASES, ids=lambda o: ",".join(o))
@@ -75,7 +83,9 @@ def test_every_model_and_tokenizer_trains_a_few_steps(tmp_path, tiny_corpus, ove
 
     choice = overrides[0].split("=", 1)
     extra = companions(*choice, tmp_path, tiny_corpus)
-    cfg = compose_train(tmp_path, [*overrides, *extra, "data=text_files", f"data.corpus.paths=[{tiny_corpus}]"])
+    if choice[0] != "experiment":  # experiments bring their own corpus
+        extra += ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]"]
+    cfg = compose_train(tmp_path, [*overrides, *extra])
     metrics = train(cfg)
     assert math.isfinite(metrics["val/loss"])
     summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
