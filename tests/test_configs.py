@@ -12,11 +12,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lmlab.cli.configs import config_dir, group_options
-from lmlab.cli.train import build_datamodule, build_task, build_trainer
-from lmlab.data import LMDataModule
+from lmlab.cli.train import build_datamodule, build_task, build_trainer, use_starting_point
+from lmlab.data import ClassificationDataModule, LMDataModule
 from lmlab.errors import LmlabError
 from lmlab.tasks import ModelTask
 from lmlab.tokenizers import BPETokenizerConfig
+from tests.classification_fixtures import classification_companions
 from tests.conftest import compose_train
 
 GROUPS = ["model", "tokenizer", "data", "task", "optimizer", "scheduler", "hardware", "logger", "callbacks",
@@ -30,9 +31,10 @@ def test_group_folders_are_the_documented_ones() -> None:
 
 def instantiate_all(cfg) -> None:
     """Build every component the way `lmlab train` does; a CUDA profile must refuse a CPU-only machine."""
+    use_starting_point(cfg)  # task.init_from: model and tokenizer from a checkpoint
     datamodule = build_datamodule(cfg)
-    assert isinstance(datamodule, LMDataModule)
-    task = build_task(cfg, datamodule.tokenizer)
+    assert isinstance(datamodule, LMDataModule | ClassificationDataModule)
+    task = build_task(cfg, datamodule.tokenizer, datamodule)
     assert isinstance(task, ModelTask)
     counting = getattr(task.model, "counting", False)  # n-grams count instead of taking optimizer steps
     assert isinstance(task.configure_optimizers(), type(None) if counting else dict | torch.optim.Optimizer)
@@ -50,6 +52,14 @@ def companions(group: str, option: str, tmp_path: Path, corpus: Path) -> list[st
     """Overrides an option needs to form a valid run: an encoder with its objective, a tokenizer file, ..."""
     if (group, option) in {("model", "bert"), ("task", "masked_lm")}:
         return ENCODER
+    labeled = classification_companions(group, option, tmp_path, corpus)  # labeled data, tiny HF BERT, ...
+    if labeled is not None:
+        return labeled
+    if (group, option) in {("model", "hf_causal"), ("experiment", "smollm2_shakespeare")}:
+        from tests.test_hf_causal import save_tiny_causal  # a tiny random Llama instead of SmolLM2
+
+        folder = save_tiny_causal(tmp_path / "tiny_causal", corpus.read_text())
+        return ["model=hf_causal", f"model.name_or_path={folder}", "tokenizer=hf", f"tokenizer.name_or_path={folder}"]
     if (group, option) == ("tokenizer", "hf"):
         path = tmp_path / "tokenizer.json"
         path.write_text(BPETokenizerConfig(vocab_size=300).train([corpus.read_text()]).tokenizer_json)
@@ -63,7 +73,7 @@ OPTIONS = [(g, o) for g in GROUPS if g not in ("hydra", "paths") for o in group_
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_instantiates(tmp_path: Path, tiny_corpus: Path, group: str, option: str):
     overrides = [f"{group}={option}", *companions(group, option, tmp_path, tiny_corpus)]
-    if group != "data" or option == "text_files":
+    if (group != "data" or option == "text_files") and not any(o.startswith("data") for o in overrides[1:]):
         overrides += ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]"]
     cfg = compose_train(tmp_path, overrides)
     OmegaConf.resolve(cfg)

@@ -83,7 +83,7 @@ def test_every_model_and_tokenizer_trains_a_few_steps(tmp_path, tiny_corpus, ove
 
     choice = overrides[0].split("=", 1)
     extra = companions(*choice, tmp_path, tiny_corpus)
-    if choice[0] != "experiment":  # experiments bring their own corpus
+    if choice[0] != "experiment" and not any(o.startswith("data") for o in extra):  # experiments bring their own
         extra += ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]"]
     cfg = compose_train(tmp_path, [*overrides, *extra])
     metrics = train(cfg)

@@ -18,6 +18,7 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.models import ModelConfig, build_model, model_config_from_dict
+from lmlab.models.lora import merged_backbone_state
 from lmlab.tokenizers import Tokenizer, tokenizer_from_dict
 
 
@@ -75,10 +76,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     config = model_config_from_dict(checkpoint["hyper_parameters"]["model"])
     model = build_model(config)
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    state = merged_backbone_state(state, checkpoint["hyper_parameters"])  # a LoRA classifier's adapters, folded in
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise LmlabError(f"the weights in {file} do not fit a {config.family} of the saved shape; is it corrupt?") from err
+        message = f"the weights in {file} do not fit a {config.family} of the saved shape; is the file corrupt?"
+        raise LmlabError(message) from err
     meta = checkpoint["lmlab"]
     return LoadedCheckpoint(
         path=file,

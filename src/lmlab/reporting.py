@@ -41,7 +41,9 @@ def print_run_summary(run_dir: Path, metrics: dict[str, float], checkpoint: Any,
     """A compact end-of-run report on the terminal."""
     console = Console()
     table = Table(title="final metrics", show_header=False)
-    for name in ("val/loss", "val/ppl", "val/bpb", "val/mlm_acc", "train/loss", "train/tokens_per_s"):
+    names = ("val/loss", "val/ppl", "val/bpb", "val/mlm_acc", "val/acc", "val/f1", "test/acc", "test/f1", "train/loss",
+             "train/tokens_per_s")  # fmt: skip
+    for name in names:
         if name in metrics:
             table.add_row(name, f"{metrics[name]:.4f}")
     console.print(table)

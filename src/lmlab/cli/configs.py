@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import re
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 import lmlab
 from lmlab.errors import LmlabError
@@ -20,6 +23,24 @@ def config_dir() -> Path:
         if (candidate / "train.yaml").is_file():
             return candidate
     raise LmlabError(f"lmlab's config folder is missing (looked in {package / 'conf'}); reinstall lmlab")
+
+
+def package_dir(name: str) -> str:
+    """`${lmlab.package_dir:NAME}` in configs: the folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        dist = name.replace("_", "-")
+        raise LmlabError(f"the `{name}` package is not installed; install it with: pip install --no-deps {dist}")
+    return str(spec.submodule_search_locations[0])
+
+
+def register_resolvers() -> None:
+    """Make lmlab's config resolvers known to OmegaConf (idempotent; runs when this module is imported)."""
+    if not OmegaConf.has_resolver("lmlab.package_dir"):
+        OmegaConf.register_new_resolver("lmlab.package_dir", package_dir)
+
+
+register_resolvers()
 
 
 def group_options(group: str) -> list[str]:

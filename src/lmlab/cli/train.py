@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmlab.cli.configs import config_dir
 from lmlab.cli.runner import build_group, instantiate_config, reports_errors
@@ -24,6 +24,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("lmlab")
 
 
+def command_line_overrides() -> list[str]:
+    """The `key=value` overrides this run was started with (empty outside a Hydra run, e.g. in tests)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def use_starting_point(cfg: DictConfig) -> None:
+    """`task.init_from`: fine-tune an lmlab checkpoint, whose model config and tokenizer replace `cfg.model` and
+    `cfg.tokenizer` (so the rest of the pipeline, and the saved run config, see them as if chosen here)."""
+    if not cfg.task.get("init_from"):
+        return
+    from lmlab.tasks.finetune import starting_point_configs
+
+    log.info("starting from checkpoint %s: its model config and tokenizer", cfg.task.init_from)
+    model, tokenizer = starting_point_configs(cfg.task.init_from, command_line_overrides())
+    with open_dict(cfg):
+        cfg.model, cfg.tokenizer = model, tokenizer
+
+
 def build_datamodule(cfg: DictConfig) -> LMDataModule:
     """Tokenizer recipe + data config -> a DataModule whose token cache is built (or found) and loaded."""
     from hydra.utils import instantiate
@@ -36,18 +56,21 @@ def build_datamodule(cfg: DictConfig) -> LMDataModule:
     return datamodule
 
 
-def build_task(cfg: DictConfig, tokenizer: Tokenizer) -> CausalLMTask:
-    """Model config (sized by the tokenizer) + optimizer + scheduler -> the task that trains it."""
+def build_task(cfg: DictConfig, tokenizer: Tokenizer, datamodule: Any = None) -> CausalLMTask:
+    """Model config (sized by the tokenizer) + optimizer + scheduler (+ what the task reads from the data, e.g. the
+    classes) -> the task that trains it."""
     from hydra.utils import get_class, instantiate
 
     log.info("instantiating model <%s>", cfg.model._target_)
     model_config = instantiate_config(cfg.model, "model", vocab_size=tokenizer.vocab_size)
     log.info("instantiating task <%s>", cfg.task._target_)
+    task_class = get_class(cfg.task._target_)
     return instantiate(cfg.task, _partial_=True)(
         model=model_config,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        **get_class(cfg.task._target_).tokenizer_arguments(tokenizer),
+        **task_class.tokenizer_arguments(tokenizer),
+        **(task_class.data_arguments(datamodule) if datamodule is not None else {}),
     )
 
 
@@ -70,15 +93,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from lmlab.callbacks import CheckpointMetadata
     from lmlab.reporting import print_run_summary, sample_text, write_summary
+    from lmlab.tasks import CausalLMTask
     from lmlab.tokenizers import save_tokenizer
 
     run_dir = Path(cfg.paths.output_dir)
+    use_starting_point(cfg)
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = build_datamodule(cfg)
     tokenizer = datamodule.tokenizer
-    task = build_task(cfg, tokenizer)
+    task = build_task(cfg, tokenizer, datamodule)
     trainer = build_trainer(cfg, [CheckpointMetadata(tokenizer.to_dict(), resolved)])
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
@@ -86,6 +111,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in trainer.loggers:
         logger.log_hyperparams(resolved)
 
+    if cfg.get("initial_validation"):
+        trainer.validate(task, datamodule=datamodule, verbose=False)  # logged at step 0
     started = time.perf_counter()
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - started
@@ -94,8 +121,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if task.last_val_step != trainer.global_step:
         trainer.validate(task, datamodule=datamodule, verbose=False)  # the budget ended between evaluations
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+    if cfg.get("test"):  # the final weights on the held-out test split
+        metrics |= {k: float(v) for k, v in trainer.test(task, datamodule=datamodule, verbose=False)[0].items()}
     sample = None
-    if task.model_config.causal:
+    if isinstance(task, CausalLMTask):
         sample = sample_text(task.model, tokenizer, task.model_config.block_size, seed=cfg.seed, **cfg.sample)
     print_run_summary(run_dir, metrics, trainer.checkpoint_callback, sample)
     write_summary(run_dir, task, datamodule, metrics, fit_seconds)

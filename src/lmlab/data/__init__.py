@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lmlab.data.cache import TokenSplits, build_token_cache, load_token_cache, split_text
+from lmlab.data.classification import ClassificationDataModule, pad_batch
 from lmlab.data.corpora import (
     Corpus,
     PeoplesDailyCorpus,
@@ -12,11 +13,19 @@ from lmlab.data.corpora import (
     pku_line_to_text,
 )
 from lmlab.data.datamodule import LMDataModule
+from lmlab.data.labeled import LabeledExamples, LabeledSplits, split_examples
+from lmlab.data.labeled_sources import LabeledFiles, MovieReviews, MovieReviewsCorpus
 from lmlab.data.windows import TokenWindows
 
 __all__ = [
+    "ClassificationDataModule",
     "Corpus",
     "LMDataModule",
+    "LabeledExamples",
+    "LabeledFiles",
+    "LabeledSplits",
+    "MovieReviews",
+    "MovieReviewsCorpus",
     "PeoplesDailyCorpus",
     "ShakespeareCorpus",
     "TextFilesCorpus",
@@ -25,6 +34,8 @@ __all__ = [
     "build_token_cache",
     "load_token_cache",
     "markdown_play_to_text",
+    "pad_batch",
     "pku_line_to_text",
+    "split_examples",
     "split_text",
 ]

@@ -1,9 +1,41 @@
-"""Sampling as small pure functions over logits, and a plain autoregressive loop."""
+"""Sampling as small pure functions over next-token logits (B, V), and the choice of one token per row."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
-from torch import nn
+
+from lmlab.errors import LmlabError
+
+
+@dataclass
+class SamplingOptions:
+    """How the next token is chosen from the model's logits."""
+
+    temperature: float = 1.0
+    """Divides the logits; 0 picks the most likely token (greedy)."""
+    top_k: int | None = None
+    """Keep only the k most likely tokens (None or 0: all)."""
+    top_p: float | None = None
+    """Keep the smallest set of most likely tokens whose probability reaches p (nucleus; None or 1.0: all)."""
+    repetition_penalty: float = 1.0
+    """> 1 discourages tokens already in the sequence (CTRL's rule: positive logits divided, negative multiplied)."""
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise LmlabError(f"temperature={self.temperature} must be >= 0 (0 = greedy), e.g. temperature=0.8")
+        if self.top_k is not None and self.top_k < 0:
+            raise LmlabError(f"top_k={self.top_k} must be >= 0 (0 or null = no limit), e.g. top_k=40")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise LmlabError(f"top_p={self.top_p} must lie in (0, 1] (1 or null = no limit), e.g. top_p=0.9")
+        if not self.repetition_penalty > 0:
+            raise LmlabError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 = off), e.g. 1.2")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -19,34 +51,70 @@ def apply_top_k(logits: torch.Tensor, k: int | None) -> torch.Tensor:
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
+def apply_top_p(logits: torch.Tensor, p: float | None) -> torch.Tensor:
+    """Nucleus filtering of logits (..., V): keep the most likely tokens until their probability reaches `p`.
+
+    A token is dropped when the tokens more likely than it already hold at least `p`; the most likely always stays.
+    """
+    if p is None or p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (..., V)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    mass_before = torch.cumsum(probs, dim=-1) - probs  # (..., V) probability of the tokens ranked above
+    drop_sorted = mass_before >= p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty on logits (B, V) for the token ids `seen` (B, S) of each row.
+
+    A seen token's positive logit is divided by `penalty`, a negative one multiplied, so either way it becomes less
+    likely for penalty > 1 (as Hugging Face's `RepetitionPenaltyLogitsProcessor`). Repeats in `seen` count once.
+    """
+    if penalty == 1.0 or seen.numel() == 0:
+        return logits
+    scores = logits.gather(-1, seen)  # (B, S)
+    scores = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return logits.scatter(-1, seen, scores)
+
+
+def process_logits(logits: torch.Tensor, seen: torch.Tensor | None, options: SamplingOptions) -> torch.Tensor:
+    """Repetition penalty, then temperature, top-k and top-p (greedy decoding needs only the first)."""
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, options.repetition_penalty)
+    if options.greedy:
+        return logits
+    logits = apply_temperature(logits, options.temperature)
+    return apply_top_p(apply_top_k(logits, options.top_k), options.top_p)
+
+
+def draw(
+    logits: torch.Tensor, greedy: bool = False, generators: Sequence[torch.Generator | None] | None = None
+) -> torch.Tensor:
+    """One token id per row of processed logits (B, V): the argmax, or a draw from the softmax. Returns (B, 1).
+
+    With one generator per row each row's draws depend on its own seed only, so a sequence samples the same text
+    whether it is decoded alone or in a batch.
+    """
+    if greedy:
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = torch.softmax(logits.float(), dim=-1)  # (B, V)
+    if generators is None:
+        return torch.multinomial(probs, num_samples=1)
+    if len(generators) == 1:
+        return torch.multinomial(probs, num_samples=1, generator=generators[0])
+    rows = [torch.multinomial(row, num_samples=1, generator=g) for row, g in zip(probs, generators, strict=True)]
+    return torch.stack(rows)  # (B, 1)
+
+
 def sample_next(
     logits: torch.Tensor,
     temperature: float = 1.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
+    top_p: float | None = None,
 ) -> torch.Tensor:
     """Draw one token id per row from logits (B, V); temperature 0 means greedy. Returns (B, 1)."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    probs = torch.softmax(apply_top_k(apply_temperature(logits, temperature), top_k), dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
-
-
-@torch.no_grad()
-def generate(
-    model: nn.Module,
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    block_size: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Extend `idx` (B, T) by `max_new_tokens`, feeding the model at most its last `block_size` tokens."""
-    was_training = model.training
-    model.eval()
-    for _ in range(max_new_tokens):
-        logits = model(idx[:, -block_size:])[:, -1, :]  # (B, V)
-        idx = torch.cat([idx, sample_next(logits, temperature, top_k, generator)], dim=1)
-    model.train(was_training)
-    return idx
+    options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p)
+    return draw(process_logits(logits, None, options), options.greedy, None if generator is None else [generator])

@@ -10,10 +10,12 @@ from torch import nn
 from lmlab.errors import LmlabError
 from lmlab.models.bert import Bert, BertConfig
 from lmlab.models.gpt import GPT, GPTConfig
+from lmlab.models.hf_causal import HFCausal, HFCausalConfig
+from lmlab.models.hf_encoder import HFEncoder, HFEncoderConfig
 from lmlab.models.lstm import LSTM, LSTMConfig
 from lmlab.models.ngram import NGram, NGramConfig
 
-ModelConfig = GPTConfig | LSTMConfig | BertConfig | NGramConfig
+ModelConfig = GPTConfig | LSTMConfig | BertConfig | NGramConfig | HFEncoderConfig | HFCausalConfig
 """Any model config dataclass. Each has a `family` name and says whether it is `causal`."""
 
 _FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
@@ -21,6 +23,8 @@ _FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
     "lstm": (LSTMConfig, LSTM),
     "bert": (BertConfig, Bert),
     "ngram": (NGramConfig, NGram),
+    "hf_encoder": (HFEncoderConfig, HFEncoder),
+    "hf_causal": (HFCausalConfig, HFCausal),
 }
 
 
@@ -55,6 +59,10 @@ __all__ = [
     "Bert",
     "BertConfig",
     "GPTConfig",
+    "HFCausal",
+    "HFCausalConfig",
+    "HFEncoder",
+    "HFEncoderConfig",
     "LSTMConfig",
     "ModelConfig",
     "NGram",

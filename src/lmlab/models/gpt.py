@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import LmlabError
-from lmlab.models.layers import Block, check_transformer_shape, init_gpt2_weights, make_norm
+from lmlab.models.layers import Block, KVCache, check_transformer_shape, init_gpt2_weights, make_norm
 
 
 @dataclass
@@ -72,6 +72,56 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Map token ids (B, T) to next-token logits (B, T, vocab_size)."""
         return self.lm_head(self.hidden_states(idx))
+
+    def new_cache(self, batch_size: int, pad: torch.Tensor | None = None) -> KVCache:
+        """An empty KV cache for `batch_size` rows, room for `block_size` tokens; `pad` (B,) as in `KVCache`."""
+        weight = self.wte.weight
+        pad = torch.zeros(batch_size, dtype=torch.long, device=weight.device) if pad is None else pad.to(weight.device)
+        c = self.config
+        shape = (batch_size, c.n_head, c.block_size, c.n_embd // c.n_head)
+        return KVCache.empty(c.n_layer, shape, pad.long(), weight.dtype)
+
+    def forward_cached(
+        self, idx: torch.Tensor, cache: KVCache, last_only: bool = False
+    ) -> tuple[torch.Tensor, KVCache]:
+        """Logits (B, T, vocab_size) of ids (B, T) that follow the `cache.length` tokens already in `cache`.
+
+        Only the new tokens are computed; their keys and values are appended to `cache` (in place), which is
+        returned. Prefill a prompt with one call, then feed one token per step. Same logits as `forward` on the
+        whole sequence; a sequence cannot outgrow `block_size` (crop it and prefill a new cache). `last_only`:
+        logits (B, 1, vocab_size) of the last new token only, all a decoder needs (the head is not run on the rest).
+        """
+        T = idx.size(1)
+        start = cache.length
+        if start + T > cache.capacity:
+            raise LmlabError(
+                f"{start} cached + {T} new tokens exceed model.block_size={cache.capacity}; crop the context and "
+                "prefill a new cache"
+            )
+        columns = torch.arange(start, start + T, device=idx.device)  # (T,)
+        positions = (columns[None, :] - cache.pad[:, None]).clamp(min=0)  # (B, T): counted from each row's start
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(positions)
+        x = self.drop(x)
+        mask = self._cache_mask(cache, start, T)
+        for block, keys, values in zip(self.blocks, cache.keys, cache.values, strict=True):
+            x = block.forward_cached(x, keys, values, start=start, positions=positions, mask=mask)
+        cache.length = start + T
+        if last_only:
+            x = x[:, -1:]  # (B, 1, C): norm and head are per position
+        return self.lm_head(self.ln_f(x)), cache
+
+    @staticmethod
+    def _cache_mask(cache: KVCache, start: int, T: int) -> torch.Tensor | None:
+        """(B, 1, T, start+T) True where a new token may attend, or None where plain attention is exact."""
+        if not cache.padded and (T == 1 or start == 0):
+            return None
+        keys = torch.arange(start + T, device=cache.pad.device)  # (S,) key columns
+        queries = keys[start:, None]  # (T, 1) query columns
+        real = keys[None, :] >= cache.pad[:, None]  # (B, S)
+        own = keys[None, :] == queries  # (T, S): a padding query sees itself, so no row of scores is all -inf
+        return ((keys[None, :] <= queries)[None] & (real[:, None, :] | own[None]))[:, None]  # (B, 1, T, S)
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Parameters counted once (tied weights once); `non_embedding` leaves out the position table."""

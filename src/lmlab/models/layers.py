@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -74,6 +75,45 @@ class Rotary(nn.Module):
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
 
+    def at(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Rotate x (B, H, T, D) by the angles of per-row positions (B, T), e.g. of left-padded prompts."""
+        cos, sin = self.cos[positions].to(x.dtype)[:, None], self.sin[positions].to(x.dtype)[:, None]  # (B, 1, T, D)
+        half = x.size(-1) // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every attention layer for a batch, preallocated to the model's block_size.
+
+    Column `j` of each tensor holds the key/value of the `j`-th token fed since the cache was made. Row `b` starts
+    with `pad[b]` padding columns (left-padded prompts): they are never attended to, and positions count from the
+    row's first real token. Inference only: the tensors are written in place.
+    """
+
+    keys: list[torch.Tensor]
+    """Per layer, (B, H, capacity, D)."""
+    values: list[torch.Tensor]
+    """Per layer, (B, H, capacity, D)."""
+    pad: torch.Tensor
+    """(B,) leading padding columns of each row."""
+    padded: bool
+    """Whether any row has padding (kept as a Python bool so decoding steps need no device sync)."""
+    length: int = 0
+    """Columns filled so far; the next token goes to column `length`."""
+
+    @classmethod
+    def empty(cls, n_layer: int, shape: tuple[int, int, int, int], pad: torch.Tensor, dtype: torch.dtype) -> KVCache:
+        """An empty cache of `n_layer` layers, each (B, H, capacity, D), on `pad`'s device."""
+        keys = [torch.empty(shape, dtype=dtype, device=pad.device) for _ in range(n_layer)]
+        values = [torch.empty(shape, dtype=dtype, device=pad.device) for _ in range(n_layer)]
+        return cls(keys=keys, values=values, pad=pad, padded=bool(pad.any()))
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].size(2) if self.keys else 0
+
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention through `scaled_dot_product_attention`; causal or bidirectional."""
@@ -99,6 +139,35 @@ class SelfAttention(nn.Module):
         mask = None if key_padding is None else key_padding[:, None, None, :].bool()  # (B, 1, 1, T)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
+        )  # (B, H, T, D)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+    def forward_cached(
+        self,
+        x: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        start: int,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Attend from x (B, T, C), the tokens of columns start..start+T-1, to every column up to the last of them.
+
+        Writes their keys and values into this layer's cache `keys`, `values` (B, H, capacity, D). `positions` (B, T)
+        are the rotary positions; `mask` (B, 1, T, start+T) is True where a query may attend. `mask=None` means no
+        padding and either one new token (it sees everything) or a prefill from column 0 (plain causal attention).
+        """
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 × (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if self.rotary is not None:
+            q, k = self.rotary.at(q, positions), self.rotary.at(k, positions)
+        end = start + T
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v
+        y = F.scaled_dot_product_attention(
+            q, keys[:, :, :end], values[:, :, :end], attn_mask=mask, is_causal=mask is None and T > 1
         )  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
@@ -129,6 +198,19 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, key_padding: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), key_padding)
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_cached(
+        self,
+        x: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        start: int,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """`forward` for new tokens only, reading and extending this layer's KV cache (see `SelfAttention`)."""
+        x = x + self.attn.forward_cached(self.ln_1(x), keys, values, start, positions, mask)
         return x + self.mlp(self.ln_2(x))
 
 

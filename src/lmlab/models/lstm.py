@@ -72,6 +72,10 @@ class LSTM(nn.Module):
             h = self.proj(h)
         return self.lm_head(h), state
 
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """Top-layer LSTM outputs (B, T, n_hidden) of ids (B, T) from a zero state (features for a task head)."""
+        return self.rnn(self.drop(self.wte(idx)))[0]
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Map token ids (B, T) to next-token logits (B, T, vocab_size), starting from a zero state."""
         return self.step(idx)[0]

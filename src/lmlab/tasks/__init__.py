@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from lmlab.tasks.base import ModelTask, decay_groups
 from lmlab.tasks.causal_lm import CausalLMTask
+from lmlab.tasks.classification import ClassificationTask
 from lmlab.tasks.masked_lm import MaskedLMTask, mask_tokens
 from lmlab.tasks.schedules import constant, warmup_cosine, warmup_cosine_factor
 
 __all__ = [
     "CausalLMTask",
+    "ClassificationTask",
     "MaskedLMTask",
     "ModelTask",
     "constant",

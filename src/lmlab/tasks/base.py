@@ -8,6 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 from torch import nn
 from torch.optim import Optimizer
+from torchmetrics import Metric
 
 from lmlab.models import ModelConfig, build_model, model_config_from_dict, model_config_to_dict
 from lmlab.tokenizers import Tokenizer
@@ -45,9 +46,10 @@ class ModelTask(pl.LightningModule):
         super().__init__()
         config = model_config_from_dict(model) if isinstance(model, dict) else model
         self.check_model(config)
+        self.model = build_model(config)
+        # After building: a pretrained family records what it read (e.g. `hf_config`) so checkpoints rebuild it.
         self.save_hyperparameters({"model": model_config_to_dict(config), "weight_decay": weight_decay})
         self.model_config = config
-        self.model = build_model(config)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.weight_decay = weight_decay
@@ -62,6 +64,11 @@ class ModelTask(pl.LightningModule):
         """Constructor arguments this task takes from the tokenizer (e.g. bytes per token, the mask id)."""
         return {}
 
+    @staticmethod
+    def data_arguments(datamodule: Any) -> dict[str, Any]:
+        """Constructor arguments this task takes from the DataModule (e.g. a classifier's classes)."""
+        return {}
+
     def configure_optimizers(self) -> Any:
         if not any(p.requires_grad for p in self.model.parameters()):
             return None  # a counting model (n-gram) trains without gradient steps
@@ -72,6 +79,12 @@ class ModelTask(pl.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        # A `trainer.validate` before fitting leaves metric states as inference tensors; fitting updates them in place.
+        for module in self.modules():
+            if isinstance(module, Metric):
+                module.reset()
 
     def on_validation_epoch_end(self) -> None:
         if self._trainer is None or not self._trainer.sanity_checking:

@@ -23,6 +23,7 @@ class CausalLMTask(ModelTask):
     Args:
         model, optimizer, scheduler, weight_decay: see `ModelTask`.
         token_bytes: UTF-8 bytes of each token id, so validation reports bits per byte.
+        tokenizer_kind: the run's tokenizer kind; a pretrained `hf_causal` model needs its own (`hf`).
     """
 
     def __init__(
@@ -32,7 +33,14 @@ class CausalLMTask(ModelTask):
         scheduler: SchedulerFactory | None = None,
         weight_decay: float = 0.1,
         token_bytes: Sequence[int] | None = None,
+        tokenizer_kind: str | None = None,
     ) -> None:
+        family = model.get("family") if isinstance(model, dict) else model.family
+        if family == "hf_causal" and tokenizer_kind not in (None, "hf"):
+            raise LmlabError(
+                f"model=hf_causal needs the model's own tokenizer, not tokenizer={tokenizer_kind}; use tokenizer=hf "
+                "tokenizer.name_or_path=<the model folder or .gguf> (experiment=smollm2_shakespeare does)"
+            )
         super().__init__(model, optimizer, scheduler, weight_decay)
         vocab_size = self.model_config.vocab_size
         bytes_per_id = torch.ones(vocab_size) if token_bytes is None else torch.tensor(token_bytes)
@@ -50,7 +58,7 @@ class CausalLMTask(ModelTask):
 
     @staticmethod
     def tokenizer_arguments(tokenizer: Tokenizer) -> dict[str, Any]:
-        return {"token_bytes": tokenizer.token_bytes()}
+        return {"token_bytes": tokenizer.token_bytes(), "tokenizer_kind": tokenizer.kind}
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)

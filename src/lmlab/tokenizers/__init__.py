@@ -13,6 +13,7 @@ from lmlab.tokenizers.base import (
 )
 from lmlab.tokenizers.bpe import BPETokenizer, BPETokenizerConfig
 from lmlab.tokenizers.char import CharTokenizer, CharTokenizerConfig
+from lmlab.tokenizers.fixed import FixedTokenizerConfig
 from lmlab.tokenizers.hf import HFTokenizer, HFTokenizerConfig
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "BPETokenizerConfig",
     "CharTokenizer",
     "CharTokenizerConfig",
+    "FixedTokenizerConfig",
     "HFTokenizer",
     "HFTokenizerConfig",
     "Tokenizer",

@@ -41,11 +41,21 @@ class CharTokenizer:
 
     def encode_array(self, text: str) -> np.ndarray:
         """Vectorised encoding: (len(text),) int64 ids."""
-        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        ids = np.searchsorted(self._codepoints, codepoints)
-        ids = np.minimum(ids, len(self.chars) - 1)
-        known = self._codepoints[ids] == codepoints
+        _, ids, known = self._lookup(text)
         return np.where(known, ids, self._unknown_id).astype(np.int64)
+
+    def unknown_characters(self, text: str) -> dict[str, int]:
+        """The characters of `text` outside the alphabet (encoded as `UNKNOWN`) and how often each occurs, in the
+        order they first appear."""
+        codepoints, _, known = self._lookup(text)
+        values, first, counts = np.unique(codepoints[~known], return_index=True, return_counts=True)
+        return {chr(values[i]): int(counts[i]) for i in np.argsort(first)}
+
+    def _lookup(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Code points of `text` (N,), the alphabet index each would have (N,), and whether it is there (N,)."""
+        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        ids = np.minimum(np.searchsorted(self._codepoints, codepoints), len(self.chars) - 1)
+        return codepoints, ids, self._codepoints[ids] == codepoints
 
     def encode(self, text: str) -> list[int]:
         return self.encode_array(text).tolist()
@@ -69,6 +79,13 @@ class CharTokenizer:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CharTokenizer:
         return cls(data["chars"], data.get("special_tokens", ()))
+
+
+def list_characters(chars: Iterable[str], limit: int = 10) -> str:
+    """Characters for a one-line message: `'é', '中', '\\n'`, the first `limit` and how many more."""
+    chars = list(chars)
+    shown = ", ".join(repr(c) for c in chars[:limit])
+    return shown + (f" and {len(chars) - limit} more" if len(chars) > limit else "")
 
 
 def _check_special_tokens(tokens: Sequence[str]) -> list[str]:

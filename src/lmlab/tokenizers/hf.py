@@ -16,6 +16,7 @@ from tokenizers import Tokenizer as _HFTokenizer
 
 from lmlab.errors import LmlabError
 from lmlab.tokenizers.base import register, special_ids_by_role
+from lmlab.tokenizers.chat import TEMPLATE_TOKENS, chat_token_ids, read_chat_template
 
 _BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 _PRETOKEN_BOUNDARY = re.compile(r"\n(?=\w)")
@@ -47,12 +48,18 @@ class HFTokenizer:
     WordPiece (BERT) the UTF-8 length of the token without its `##` prefix, and for Metaspace (SentencePiece) the
     length with `▁` read as a space. The latter two are approximations: a WordPiece tokenizer drops the spaces between
     words and may lowercase or strip accents, so bits per byte from it are only roughly comparable.
+    `chat_template`: the Jinja chat template of a pretrained (instruct) tokenizer, or None; `chat_tokens` names the
+    special tokens it uses ({"eos_token": "<|im_end|>", ...}). Both are saved with the tokenizer.
     """
 
     kind = "hf"
 
-    def __init__(self, tokenizer_json: str) -> None:
+    def __init__(
+        self, tokenizer_json: str, chat_template: str | None = None, chat_tokens: dict[str, str] | None = None
+    ) -> None:
         self.tokenizer_json = tokenizer_json
+        self.chat_template = chat_template or None
+        self.chat_tokens = dict(chat_tokens or {}) if self.chat_template else {}
         self.tokenizer = _HFTokenizer.from_str(tokenizer_json)
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
@@ -109,12 +116,34 @@ class HFTokenizer:
         added = sorted(self.tokenizer.get_added_tokens_decoder().items())
         return special_ids_by_role((token.content, token_id) for token_id, token in added if token.special)
 
+    def apply_chat_template(
+        self,
+        messages: list[dict[str, str]],
+        add_generation_prompt: bool = True,
+        tokenize: bool = True,
+        return_dict: bool = False,
+    ) -> list[int]:
+        """Token ids of the conversation in the chat template (Transformers' signature; ids only)."""
+        if not self.chat_template or not tokenize or return_dict:
+            raise LmlabError("apply_chat_template needs a tokenizer with a chat_template and returns token ids only")
+        return chat_token_ids(
+            self.tokenizer_json, self.chat_template, self.chat_tokens, messages, add_generation_prompt
+        )
+
+    @property
+    def end_of_turn(self) -> str | None:
+        """The text that ends a reply in the chat template (its `eos_token`), or None."""
+        return self.chat_tokens.get("eos_token")
+
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "tokenizer_json": self.tokenizer_json}
+        data = {"kind": self.kind, "tokenizer_json": self.tokenizer_json}
+        if self.chat_template:
+            data |= {"chat_template": self.chat_template, "chat_tokens": self.chat_tokens}
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HFTokenizer:
-        return cls(data["tokenizer_json"])
+        return cls(data["tokenizer_json"], data.get("chat_template"), data.get("chat_tokens"))
 
 
 def _component_types(component: dict[str, Any] | None) -> set[str]:
@@ -163,12 +192,13 @@ def _looks_like_path(name: str) -> bool:
 class HFTokenizerConfig:
     """Load a pretrained tokenizer; training texts are ignored.
 
-    `name_or_path` is a folder holding `tokenizer.json`, the path of such a file, or (only when no such path exists)
-    a Hugging Face hub id such as `bert-base-uncased`, fetched with `tokenizers.Tokenizer.from_pretrained`.
+    `name_or_path` is a folder holding `tokenizer.json`, the path of such a file, a `.gguf` model file (its
+    tokenizer is converted by transformers), or (only when no such path exists) a Hugging Face hub id such as
+    `bert-base-uncased`, fetched with `tokenizers.Tokenizer.from_pretrained`.
     """
 
     name_or_path: str
-    """A folder with tokenizer.json, a tokenizer.json file, or a hub id."""
+    """A folder with tokenizer.json, a tokenizer.json file, a .gguf file, or a hub id."""
 
     def local_file(self) -> Path | None:
         """The tokenizer.json this config names on disk, or None when it names a hub id."""
@@ -188,9 +218,12 @@ class HFTokenizerConfig:
     def load(self) -> HFTokenizer:
         """Read the tokenizer from disk, or from the hub when `name_or_path` is not a local path."""
         path = self.local_file()
+        if path is not None and path.suffix == ".gguf":
+            return _gguf_tokenizer(path)
         if path is not None:
+            template, tokens = read_chat_template(path) if path.name == "tokenizer.json" else (None, {})
             try:
-                return HFTokenizer(path.read_text(encoding="utf-8"))
+                return HFTokenizer(path.read_text(encoding="utf-8"), template, tokens)
             except Exception as err:
                 message = f"cannot read tokenizer {path}: {_one_line(err)}; give a valid tokenizer.json"
                 raise LmlabError(message) from err
@@ -206,11 +239,43 @@ class HFTokenizerConfig:
     def fingerprint(self) -> str:
         """Hash of the tokenizer's content, so the token cache notices a changed tokenizer.json."""
         path = self.local_file()
+        if path is not None and path.suffix == ".gguf":
+            return _gguf_fingerprint(path)
         content = path.read_bytes() if path is not None else self.load().tokenizer_json.encode("utf-8")
+        template, tokens = (
+            read_chat_template(path) if path is not None and path.name == "tokenizer.json" else (None, {})
+        )
+        if template:  # the cached tokenizer carries the template
+            content += json.dumps([template, tokens], sort_keys=True).encode("utf-8")
         return "hf-" + hashlib.sha256(content).hexdigest()
 
     def train(self, texts: Iterable[str]) -> HFTokenizer:
         return self.load()
+
+
+def _gguf_tokenizer(path: Path) -> HFTokenizer:
+    """The tokenizer stored in a GGUF model file, converted to tokenizer.json form by transformers."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+    except Exception as err:
+        raise LmlabError(f"cannot read the tokenizer of {path}: {_one_line(err)}; give a GGUF model file") from err
+    chat_tokens = {name: str(getattr(tokenizer, name)) for name in TEMPLATE_TOKENS if getattr(tokenizer, name, None)}
+    template = tokenizer.chat_template
+    template = template.get("default") if isinstance(template, dict) else template  # named templates
+    return HFTokenizer(tokenizer.backend_tokenizer.to_str(), template, chat_tokens)
+
+
+def _gguf_fingerprint(path: Path) -> str:
+    """Hash of a GGUF file and of the transformers version that converts its tokenizer."""
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(version("transformers").encode() + b" chat_template")  # cached tokenizers carry it
+    with path.open("rb") as file:
+        while chunk := file.read(1 << 24):
+            digest.update(chunk)
+    return "gguf-" + digest.hexdigest()
 
 
 def _one_line(err: BaseException) -> str:

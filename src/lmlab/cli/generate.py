@@ -1,0 +1,171 @@
+"""`lmlab generate ckpt=RUN prompt='...'`: sample text from a checkpoint of any causal model (gpt, lstm, ngram)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import hydra
+from omegaconf import DictConfig
+
+from lmlab.cli.configs import config_dir
+from lmlab.cli.runner import reports_errors
+from lmlab.errors import LmlabError
+
+if TYPE_CHECKING:
+    from lmlab.checkpoint import LoadedCheckpoint
+    from lmlab.generation import Completion, GenerationConfig
+    from lmlab.tokenizers import Tokenizer
+
+_ESCAPE = re.compile(r"\\([nt\\])")
+
+
+def unescape(text: str) -> str:
+    """Read `\\n`, `\\t` and `\\\\` as newline, tab and backslash (the shell passes them literally through Hydra)."""
+    return _ESCAPE.sub(lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m[1]], text)
+
+
+def read_prompts(prompt: str | None, prompt_file: str | None) -> list[str]:
+    """The prompts to continue: `prompt`, the lines of `prompt_file` (blank ones skipped), or a newline."""
+    if prompt_file is None:
+        return [unescape(prompt) if prompt is not None else "\n"]
+    if prompt is not None:
+        raise LmlabError("give prompt or prompt_file, not both")
+    path = Path(prompt_file).expanduser()
+    if not path.is_file():
+        raise LmlabError(f"prompt_file {path} does not exist; give a UTF-8 text file with one prompt per line")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise LmlabError(
+            f"prompt_file {path} is not UTF-8 text (invalid byte at offset {err.start}); convert it, e.g. with iconv"
+        ) from err
+    prompts = [unescape(line) for line in lines if line.strip()]
+    if not prompts:
+        raise LmlabError(f"prompt_file {path} has no prompts; write one prompt per line")
+    return prompts
+
+
+def chat_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Token ids of `text` as one user turn in the tokenizer's chat template, ready for the assistant's reply.
+
+    A tokenizer offers a template through `apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+    return_dict=False) -> list[int]` (the Transformers signature): pretrained `hf` tokenizers whose source had one
+    (e.g. SmolLM2-Instruct's GGUF). lmlab's own `char` and `bpe` tokenizers have none.
+    """
+    apply = getattr(tokenizer, "apply_chat_template", None)
+    if not callable(apply) or not getattr(tokenizer, "chat_template", None):
+        raise LmlabError(
+            f"chat=true needs a chat template, but this checkpoint's tokenizer ({tokenizer.kind}) has none; "
+            "drop chat=true and give the prompt as plain text"
+        )
+    messages = [{"role": "user", "content": text}]
+    return list(apply(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+
+
+def chat_inputs(
+    tokenizer: Tokenizer, texts: list[str], config: GenerationConfig
+) -> tuple[list[str | list[int]], list[str], GenerationConfig]:
+    """Each text as a user turn (token ids), the texts to print before the replies, and a config that also stops
+    at the end of the assistant's turn."""
+    prompts: list[str | list[int]] = [chat_prompt(tokenizer, t) for t in texts]
+    end = getattr(tokenizer, "end_of_turn", None)
+    if end and end not in config.stop:
+        config = dataclasses.replace(config, stop=[*config.stop, end])
+    return prompts, [f"{t}\n" for t in texts], config
+
+
+def generation_config(cfg: DictConfig) -> GenerationConfig:
+    """The decoding settings of the command line."""
+    from lmlab.generation import GenerationConfig, SamplingOptions
+
+    sampling = SamplingOptions(
+        temperature=float(cfg.temperature),
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        repetition_penalty=float(cfg.repetition_penalty),
+    )
+    return GenerationConfig(
+        max_new_tokens=int(cfg.max_new_tokens),
+        sampling=sampling,
+        stop=[unescape(str(s)) for s in cfg.stop or []],
+        num_samples=int(cfg.num_samples),
+        seed=int(cfg.seed),
+        use_cache=bool(cfg.use_cache),
+    )
+
+
+def print_streamed(
+    loaded: LoadedCheckpoint, prompts: Sequence[str | list[int]], texts: Sequence[str], config: GenerationConfig
+) -> list[Completion]:
+    """Generate one sequence at a time, printing each as it grows (per-sequence seeds keep the batch's results)."""
+    from lmlab.generation import generate_text
+
+    completions = []
+    many = len(prompts) * config.num_samples > 1
+    block_size = loaded.model_config.block_size
+    for number, (prompt, text) in enumerate(zip(prompts, texts, strict=True), start=1):
+        for sample in range(config.num_samples):
+            if many:
+                print(_header(number, sample, config.num_samples))
+            sys.stdout.write(text)
+            one = dataclasses.replace(config, num_samples=1, seed=config.seed + sample)
+            (done,) = generate_text(loaded.model, loaded.tokenizer, [prompt], one, block_size, on_text=_write)
+            done.sample = sample
+            completions.append(done)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+    return completions
+
+
+def print_completions(completions: Sequence[Completion], texts: Sequence[str], num_samples: int) -> None:
+    """Each prompt followed by its continuation; a header line per sequence when there are several."""
+    many = len(completions) > 1
+    for index, completion in enumerate(completions):
+        if many:
+            print(_header(index // num_samples + 1, completion.sample, num_samples))
+        print(texts[index // num_samples] + completion.text)
+
+
+def _header(prompt_number: int, sample: int, num_samples: int) -> str:
+    suffix = f" · sample {sample + 1}/{num_samples}" if num_samples > 1 else ""
+    return f"─── prompt {prompt_number}{suffix} ───"
+
+
+def _write(index: int, piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+def generate(cfg: DictConfig) -> list[Completion]:
+    """Load the checkpoint, continue every prompt, print the text; return the completions."""
+    from lmlab.checkpoint import load_checkpoint
+    from lmlab.generation import generate_text, require_causal
+    from lmlab.hardware import pick_device
+
+    config = generation_config(cfg)
+    texts = read_prompts(cfg.prompt, cfg.prompt_file)
+    loaded = load_checkpoint(cfg.ckpt, pick_device(str(cfg.device)))
+    require_causal(loaded.model_config)
+    prompts: list[str | list[int]] = list(texts)
+    if cfg.chat:
+        prompts, texts, config = chat_inputs(loaded.tokenizer, texts, config)
+    stream = cfg.stream if cfg.stream is not None else len(texts) * config.num_samples == 1
+    if stream:
+        return print_streamed(loaded, prompts, texts, config)
+    completions = generate_text(loaded.model, loaded.tokenizer, prompts, config, loaded.model_config.block_size)
+    print_completions(completions, texts, config.num_samples)
+    return completions
+
+
+@reports_errors
+def run(cfg: DictConfig) -> None:
+    generate(cfg)
+
+
+def main() -> None:
+    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="generate")(run)()

@@ -1,0 +1,40 @@
+"""`lmlab predict ckpt=RUN input=texts.txt output=predictions.csv`: classify texts with a classifier checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from lmlab.cli.configs import config_dir
+from lmlab.cli.runner import reports_errors
+
+log = logging.getLogger("lmlab")
+
+
+def predict(cfg: DictConfig) -> Path:
+    """Load the classifier, predict every input in batches, write the predictions; return the output path."""
+    from rich.console import Console
+
+    from lmlab.classify import load_classifier, predict_probs, read_texts, write_predictions
+    from lmlab.hardware import pick_device
+
+    texts = read_texts(cfg.input, cfg.text_column)
+    classifier = load_classifier(cfg.ckpt, pick_device(str(cfg.device)))
+    probs = predict_probs(classifier, texts, int(cfg.batch_size))
+    out = write_predictions(cfg.output, texts, probs, classifier.label_names)
+    counts = probs.argmax(dim=1).bincount(minlength=len(classifier.label_names)).tolist()
+    spread = ", ".join(f"{name} {n}" for name, n in zip(classifier.label_names, counts, strict=True))
+    Console().print(f"{len(texts)} predictions ({spread}) written: {out}")
+    return out
+
+
+@reports_errors
+def run(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+def main() -> None:
+    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")(run)()
