@@ -8,37 +8,15 @@ import torch
 from torch import nn
 
 from lmlab.errors import LmlabError
-from lmlab.models.layers import Block, KVCache, check_transformer_shape, init_gpt2_weights, make_norm
+from lmlab.models.layers import Block, KVCache, TransformerConfig, init_gpt2_weights, make_norm, stack_hidden_states
 
 
 @dataclass
-class GPTConfig:
-    """Shape of a GPT decoder."""
-
-    vocab_size: int = 256
-    """Number of token ids (set from the tokenizer)."""
-    block_size: int = 64
-    """Longest context in tokens."""
-    n_layer: int = 4
-    """Transformer blocks."""
-    n_head: int = 4
-    """Attention heads per block."""
-    n_embd: int = 128
-    """Residual stream width."""
-    dropout: float = 0.0
-    """Dropout on embeddings, attention weights and residual branches."""
-    bias: bool = False
-    """Bias in Linear and LayerNorm layers (GPT-2 uses bias; without is a little faster and as good)."""
-    norm: str = "layernorm"
-    """`layernorm` (GPT-2) or `rmsnorm` (Llama)."""
-    pos_embedding: str = "learned"
-    """`learned` position table (GPT-2) or `rope`, rotary embeddings on queries and keys (Llama)."""
+class GPTConfig(TransformerConfig):
+    """Shape of a GPT decoder (fields: see `TransformerConfig`)."""
 
     family = "gpt"
     causal = True
-
-    def __post_init__(self) -> None:
-        check_transformer_shape(self)
 
 
 class GPT(nn.Module):
@@ -58,16 +36,7 @@ class GPT(nn.Module):
 
     def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         """Final normalised hidden states (B, T, C) of token ids (B, T)."""
-        T = idx.size(1)
-        if self.config.block_size < T:
-            raise LmlabError(f"input of {T} tokens is longer than model.block_size={self.config.block_size}")
-        x = self.wte(idx)  # (B, T, C)
-        if self.wpe is not None:
-            x = x + self.wpe(torch.arange(T, device=idx.device))
-        x = self.drop(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.ln_f(x)
+        return stack_hidden_states(self, idx)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Map token ids (B, T) to next-token logits (B, T, vocab_size)."""

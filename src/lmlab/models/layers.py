@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -15,19 +14,34 @@ NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
 
 
-class TransformerShape(Protocol):
-    """The config fields a Transformer block reads (GPTConfig and BertConfig both have them)."""
+@dataclass
+class TransformerConfig:
+    """Shape of a Transformer stack, shared by the GPT decoder and the BERT encoder."""
 
-    block_size: int
-    n_embd: int
-    n_head: int
-    dropout: float
-    bias: bool
-    norm: str
-    pos_embedding: str
+    vocab_size: int = 256
+    """Number of token ids (set from the tokenizer)."""
+    block_size: int = 64
+    """Longest context in tokens."""
+    n_layer: int = 4
+    """Transformer blocks."""
+    n_head: int = 4
+    """Attention heads per block."""
+    n_embd: int = 128
+    """Residual stream width."""
+    dropout: float = 0.0
+    """Dropout on embeddings, attention weights and residual branches."""
+    bias: bool = False
+    """Bias in Linear and LayerNorm layers (GPT-2 uses bias; without is a little faster and as good)."""
+    norm: str = "layernorm"
+    """`layernorm` (GPT-2) or `rmsnorm` (Llama)."""
+    pos_embedding: str = "learned"
+    """`learned` position table (GPT-2) or `rope`, rotary embeddings on queries and keys (Llama)."""
+
+    def __post_init__(self) -> None:
+        check_transformer_shape(self)
 
 
-def check_transformer_shape(config: TransformerShape) -> None:
+def check_transformer_shape(config: TransformerConfig) -> None:
     """Validate the fields every Transformer config shares; raise `LmlabError` naming the fix."""
     for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
         if getattr(config, name) < 1:
@@ -49,7 +63,7 @@ def check_transformer_shape(config: TransformerShape) -> None:
         )
 
 
-def make_norm(config: TransformerShape) -> nn.Module:
+def make_norm(config: TransformerConfig) -> nn.Module:
     """LayerNorm (optionally without bias) or RMSNorm over the residual width."""
     if config.norm == "rmsnorm":
         return nn.RMSNorm(config.n_embd)
@@ -118,7 +132,7 @@ class KVCache:
 class SelfAttention(nn.Module):
     """Multi-head self-attention through `scaled_dot_product_attention`; causal or bidirectional."""
 
-    def __init__(self, config: TransformerShape, causal: bool) -> None:
+    def __init__(self, config: TransformerConfig, causal: bool) -> None:
         super().__init__()
         self.n_head = config.n_head
         self.causal = causal
@@ -176,7 +190,7 @@ class SelfAttention(nn.Module):
 class MLP(nn.Module):
     """Two linear layers with GELU, 4× the residual width inside."""
 
-    def __init__(self, config: TransformerShape) -> None:
+    def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
@@ -189,7 +203,7 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, config: TransformerShape, causal: bool) -> None:
+    def __init__(self, config: TransformerConfig, causal: bool) -> None:
         super().__init__()
         self.ln_1 = make_norm(config)
         self.attn = SelfAttention(config, causal)
@@ -227,3 +241,17 @@ def init_gpt2_weights(model: nn.Module, n_layer: int) -> None:
     for name, param in model.named_parameters():
         if name.endswith(("attn.proj.weight", "mlp.proj.weight")):
             nn.init.normal_(param, mean=0.0, std=0.02 / (2 * n_layer) ** 0.5)
+
+
+def stack_hidden_states(model: nn.Module, idx: torch.Tensor, key_padding: torch.Tensor | None = None) -> torch.Tensor:
+    """Run `model`'s embeddings (`wte`, optional `wpe`), `drop`, `blocks` and `ln_f` over ids (B, T) -> (B, T, C)."""
+    T = idx.size(1)
+    if model.config.block_size < T:
+        raise LmlabError(f"input of {T} tokens is longer than model.block_size={model.config.block_size}")
+    x = model.wte(idx)  # (B, T, C)
+    if model.wpe is not None:
+        x = x + model.wpe(torch.arange(T, device=idx.device))
+    x = model.drop(x)
+    for block in model.blocks:
+        x = block(x, key_padding)
+    return model.ln_f(x)
