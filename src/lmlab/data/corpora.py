@@ -25,18 +25,22 @@ class Corpus(Protocol):
     def fingerprint(self) -> str: ...
 
 
-def read_utf8(path: Path) -> str:
-    """Read a file as strict UTF-8, turning every failure into a one-line `LmlabError`."""
+def read_utf8(path: Path, key: str = "data.corpus.paths", directory_hint: str | None = None) -> str:
+    """Read a file as strict UTF-8 (a leading BOM is dropped), turning every failure into a one-line `LmlabError`.
+
+    `key` names the setting the path came from; `directory_hint` says what to give instead of a directory.
+    """
     if path.is_dir():
-        raise LmlabError(f"{path} is a directory; give a file, or a glob such as '{path}/*.txt'")
+        hint = directory_hint or f"give a file, or a glob such as '{path}/*.txt'"
+        raise LmlabError(f"{path} is a directory; {hint}")
     try:
         data = path.read_bytes()
     except FileNotFoundError as err:
-        raise LmlabError(f"data file {path} does not exist; check the path in data.corpus.paths") from err
+        raise LmlabError(f"data file {path} does not exist; check the path in {key}") from err
     except OSError as err:
         raise LmlabError(f"cannot read data file {path}: {err.strerror}; check its permissions") from err
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise LmlabError(
             f"{path} is not UTF-8 text (invalid byte at offset {err.start}); "

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from lmlab.data.corpora import read_utf8
 from lmlab.errors import LmlabError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
@@ -50,22 +51,8 @@ class LabeledSource(Protocol):
 
 
 def read_text_file(path: Path, key: str) -> str:
-    """A file as strict UTF-8; missing, unreadable and non-UTF-8 files become one-line errors naming `key`."""
-    if path.is_dir():
-        raise LmlabError(f"{path} is a directory; give a CSV or JSON Lines file in {key}")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as err:
-        raise LmlabError(f"data file {path} does not exist; check the path in {key}") from err
-    except OSError as err:
-        raise LmlabError(f"cannot read data file {path}: {err.strerror}; check its permissions") from err
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise LmlabError(
-            f"{path} is not UTF-8 text (invalid byte at offset {err.start}); "
-            "convert it, e.g. `iconv -f latin1 -t utf-8`"
-        ) from err
+    """A labeled-data file as strict UTF-8; failures become one-line errors naming `key`."""
+    return read_utf8(path, key, directory_hint=f"give a CSV or JSON Lines file in {key}")
 
 
 def file_format(path: Path) -> str:
