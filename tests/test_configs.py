@@ -60,6 +60,10 @@ def companions(group: str, option: str, tmp_path: Path, corpus: Path) -> list[st
 
         folder = save_tiny_causal(tmp_path / "tiny_causal", corpus.read_text())
         return ["model=hf_causal", f"model.name_or_path={folder}", "tokenizer=hf", f"tokenizer.name_or_path={folder}"]
+    if (group, option) == ("data", "hf_dataset"):
+        from tests.test_hf_dataset import jsonl_folder
+
+        return [f"data.corpus.path={jsonl_folder(tmp_path / 'dataset', corpus.read_text().splitlines())}"]
     if (group, option) == ("tokenizer", "hf"):
         path = tmp_path / "tokenizer.json"
         path.write_text(BPETokenizerConfig(vocab_size=300).train([corpus.read_text()]).tokenizer_json)

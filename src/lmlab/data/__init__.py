@@ -13,6 +13,7 @@ from lmlab.data.corpora import (
     pku_line_to_text,
 )
 from lmlab.data.datamodule import LMDataModule
+from lmlab.data.hf_dataset import HFDatasetCorpus
 from lmlab.data.labeled import LabeledExamples, LabeledSplits, split_examples
 from lmlab.data.labeled_sources import LabeledFiles, MovieReviews, MovieReviewsCorpus
 from lmlab.data.windows import TokenWindows
@@ -20,6 +21,7 @@ from lmlab.data.windows import TokenWindows
 __all__ = [
     "ClassificationDataModule",
     "Corpus",
+    "HFDatasetCorpus",
     "LMDataModule",
     "LabeledExamples",
     "LabeledFiles",

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from lmlab.tokenizers import Tokenizer, TokenizerConfig, load_tokenizer, save_to
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: built by streaming the corpus
 
 
 @dataclass
@@ -39,14 +39,36 @@ class TokenSplits:
     path: Path
 
 
-def split_text(text: str, val_fraction: float) -> tuple[str, str]:
-    """Deterministic split: the last `val_fraction` of the characters, starting at a line boundary, is val."""
+def split_point(pieces: Iterable[str], total_chars: int, val_fraction: float) -> int:
+    """Where validation starts: after the first newline at or past `(1 - val_fraction)` of the characters (or at that
+    point when no newline follows). Streams `pieces`, stopping as soon as the point is known."""
     if not 0.0 < val_fraction < 1.0:
         raise LmlabError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1, e.g. 0.1")
-    cut = int(len(text) * (1.0 - val_fraction))
-    newline = text.find("\n", cut)
-    if newline != -1:
-        cut = newline + 1
+    cut = int(total_chars * (1.0 - val_fraction))
+    offset = 0
+    for piece in pieces:
+        newline = piece.find("\n", max(cut - offset, 0))
+        if newline != -1:
+            return offset + newline + 1
+        offset += len(piece)
+    return cut
+
+
+def char_range(pieces: Iterable[str], start: int, stop: int | None = None) -> Iterator[str]:
+    """The characters `[start, stop)` of the concatenated `pieces`, streamed."""
+    offset = 0
+    for piece in pieces:
+        end = offset + len(piece)
+        if stop is not None and offset >= stop:
+            return
+        if end > start:
+            yield piece[max(start - offset, 0) : None if stop is None else stop - offset]
+        offset = end
+
+
+def split_text(text: str, val_fraction: float) -> tuple[str, str]:
+    """Deterministic split: the last `val_fraction` of the characters, starting at a line boundary, is val."""
+    cut = split_point([text], len(text), val_fraction)
     return text[:cut], text[cut:]
 
 
@@ -76,26 +98,33 @@ def cache_key(corpus: Corpus, tokenizer_config: TokenizerConfig, val_fraction: f
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _encode_to_file(tokenizer: Tokenizer, text: str, path: Path, chunk_chars: int = 1 << 20) -> int:
-    """Encode `text` line-aligned chunk by chunk into a raw id file; returns the number of tokens."""
+def line_chunks(pieces: Iterable[str], size: int = 1 << 18) -> Iterator[str]:
+    """Re-cut streamed text into chunks that end at the first line break after `size` characters (the last chunk may
+    not end in one): whole lines for tokenizers, and about `size` characters in memory however big the pieces."""
+    rest = ""
+    for piece in pieces:
+        rest += piece
+        start = 0
+        while (newline := rest.find("\n", start + size - 1)) != -1:
+            yield rest[start : newline + 1]
+            start = newline + 1
+        rest = rest[start:]
+    if rest:
+        yield rest
+
+
+def _encode_to_file(tokenizer: Tokenizer, pieces: Iterable[str], path: Path) -> tuple[int, int]:
+    """Encode streamed text line-aligned chunk by chunk into a raw id file; returns (tokens, UTF-8 bytes)."""
     dtype = dtype_for(tokenizer.vocab_size)
-    count = 0
+    encode = getattr(tokenizer, "encode_array", tokenizer.encode)
+    tokens = utf8_bytes = 0
     with path.open("wb") as out:
-        for chunk in _line_chunks(text, chunk_chars):
-            encode = getattr(tokenizer, "encode_array", tokenizer.encode)
+        for chunk in line_chunks(pieces):
             ids = np.asarray(encode(chunk), dtype=dtype)
             ids.tofile(out)
-            count += ids.size
-    return count
-
-
-def _line_chunks(text: str, size: int) -> Iterator[str]:
-    start = 0
-    while start < len(text):
-        end = text.find("\n", start + size)
-        end = len(text) if end == -1 else end + 1
-        yield text[start:end]
-        start = end
+            tokens += ids.size
+            utf8_bytes += len(chunk.encode("utf-8"))
+    return tokens, utf8_bytes
 
 
 def build_token_cache(
@@ -109,22 +138,25 @@ def build_token_cache(
         log.info("token cache hit: %s", entry)
         return entry
     log.info("building token cache for %s in %s", corpus.name, entry)
-    text = "".join(corpus.documents())
-    train_text, val_text = split_text(text, val_fraction)
-    tokenizer = tokenizer_config.train([train_text])
+    # Streamed in passes over the corpus (length, split point, tokenizer training, encoding), never held whole.
+    total = sum(len(piece) for piece in corpus.documents())
+    cut = split_point(corpus.documents(), total, val_fraction)
+    tokenizer = tokenizer_config.train(line_chunks(char_range(corpus.documents(), 0, cut)))
     tmp = root / f".tmp-{key}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
+        train = _encode_to_file(tokenizer, char_range(corpus.documents(), 0, cut), tmp / "train.bin")
+        val = _encode_to_file(tokenizer, char_range(corpus.documents(), cut), tmp / "val.bin")
         meta = {
             "format": CACHE_FORMAT,
             "corpus": corpus.name,
             "vocab_size": tokenizer.vocab_size,
             "dtype": dtype_for(tokenizer.vocab_size).name,
-            "train_tokens": _encode_to_file(tokenizer, train_text, tmp / "train.bin"),
-            "val_tokens": _encode_to_file(tokenizer, val_text, tmp / "val.bin"),
-            "train_bytes": len(train_text.encode("utf-8")),
-            "val_bytes": len(val_text.encode("utf-8")),
+            "train_tokens": train[0],
+            "val_tokens": val[0],
+            "train_bytes": train[1],
+            "val_bytes": val[1],
         }
         save_tokenizer(tokenizer, tmp / "tokenizer.json")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import glob
 import hashlib
 import importlib.util
@@ -16,7 +17,9 @@ from lmlab.errors import LmlabError
 
 
 class Corpus(Protocol):
-    """A named source of documents. `fingerprint` changes whenever the text does."""
+    """A named source of text. `documents` yields pieces whose concatenation is the corpus (a piece may be a whole
+    document or part of a large one, so a corpus never has to fit in memory); `fingerprint` changes whenever the text
+    does."""
 
     name: str
 
@@ -25,27 +28,53 @@ class Corpus(Protocol):
     def fingerprint(self) -> str: ...
 
 
-def read_utf8(path: Path, key: str = "data.corpus.paths", directory_hint: str | None = None) -> str:
-    """Read a file as strict UTF-8 (a leading BOM is dropped), turning every failure into a one-line `LmlabError`.
-
-    `key` names the setting the path came from; `directory_hint` says what to give instead of a directory.
-    """
+def _check_readable(path: Path, key: str, directory_hint: str | None) -> None:
     if path.is_dir():
         hint = directory_hint or f"give a file, or a glob such as '{path}/*.txt'"
         raise LmlabError(f"{path} is a directory; {hint}")
+    if not path.exists():
+        raise LmlabError(f"data file {path} does not exist; check the path in {key}")
+
+
+def _not_utf8(path: Path, offset: int) -> LmlabError:
+    return LmlabError(
+        f"{path} is not UTF-8 text (invalid byte at offset {offset}); convert it, e.g. `iconv -f latin1 -t utf-8`"
+    )
+
+
+def iter_utf8(
+    path: Path, key: str = "data.corpus.paths", directory_hint: str | None = None, block_bytes: int = 1 << 22
+) -> Iterator[str]:
+    """Stream a file as strict UTF-8 text in pieces of about `block_bytes` (a leading BOM is dropped), so memory
+    does not grow with the file; every failure becomes a one-line `LmlabError` (see `read_utf8`)."""
+    _check_readable(path, key, directory_hint)
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    consumed = 0  # bytes handed to the decoder so far
     try:
-        data = path.read_bytes()
-    except FileNotFoundError as err:
-        raise LmlabError(f"data file {path} does not exist; check the path in {key}") from err
+        with path.open("rb") as file:
+            while True:
+                block = file.read(block_bytes)
+                pending = len(decoder.getstate()[0])  # bytes of an unfinished character held from the last block
+                try:
+                    text = decoder.decode(block, final=not block)
+                except UnicodeDecodeError as err:
+                    raise _not_utf8(path, consumed - pending + err.start) from err
+                consumed += len(block)
+                if text:
+                    yield text
+                if not block:
+                    return
     except OSError as err:
         raise LmlabError(f"cannot read data file {path}: {err.strerror}; check its permissions") from err
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise LmlabError(
-            f"{path} is not UTF-8 text (invalid byte at offset {err.start}); "
-            "convert it, e.g. `iconv -f latin1 -t utf-8`"
-        ) from err
+
+
+def read_utf8(path: Path, key: str = "data.corpus.paths", directory_hint: str | None = None) -> str:
+    """Read a whole file as strict UTF-8 (a leading BOM is dropped), turning every failure into a one-line
+    `LmlabError`.
+
+    `key` names the setting the path came from; `directory_hint` says what to give instead of a directory.
+    """
+    return "".join(iter_utf8(path, key, directory_hint))
 
 
 def _hash_documents(documents: Iterator[str], salt: str) -> str:
@@ -142,8 +171,9 @@ class TextFilesCorpus:
         return found
 
     def documents(self) -> Iterator[str]:
+        """The files' text, streamed in pieces of a few MB."""
         for path in self.files():
-            yield read_utf8(path)
+            yield from iter_utf8(path)
 
     def fingerprint(self) -> str:
         return _hash_documents(self.documents(), salt="text-files-v1")
