@@ -283,11 +283,12 @@ def build_report(
     maximize = maximized(metric) if maximize is None else maximize
 
     def key(run: Run) -> tuple[int, float]:
+        """Finished runs with the metric first, then finished runs without it, then failed ones (by what they
+        logged before they stopped)."""
         best = run.best(metric, maximize)
         value = run.final(metric) if rank_by == "final" else (best[0] if best else None)
-        if value is None:
-            return (2 if not run.finished else 1, 0.0)
-        return (0, -value if maximize else value)
+        group = 2 if not run.finished else 0 if value is not None else 1
+        return (group, math.inf if value is None else -value if maximize else value)
 
     runs.sort(key=key)  # stable: ties keep folder order
     return Report(root, metric, maximize, rank_by, runs, swept_keys(runs), list(extra_metrics))
