@@ -240,3 +240,12 @@ def test_report_on_a_real_cli_sweep(tmp_path: Path) -> None:
     assert None not in finals and finals == sorted(finals)
     for name in ("report.md", "report.csv", "report_curves.png", "report_vs_optimizer.lr.png"):
         assert (sweep / name).stat().st_size > 0
+
+
+def test_brackets_in_settings_print_as_text(sweep: Path, capsys, monkeypatch) -> None:
+    overrides = sweep / "0/.hydra/overrides.yaml"
+    OmegaConf.save(OmegaConf.create([*OmegaConf.load(overrides), "+tags=[bold,x]"]), overrides)
+    monkeypatch.setattr(sys, "argv", ["lmlab"])
+    main(["report", str(sweep), "plots=false"])
+    assert "[bold,x]" in capsys.readouterr().out  # not taken for Rich markup
+    assert "| +tags |" not in (sweep / "report.md").read_text() and "| tags |" in (sweep / "report.md").read_text()

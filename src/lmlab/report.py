@@ -7,6 +7,7 @@ so a report needs no torch or Lightning. `lmlab report` (cli/report.py) prints a
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import re
@@ -47,10 +48,11 @@ class Run:
 
     def final(self, metric: str) -> float | None:
         """The metric at the end of training (`summary.json`), else its last logged value."""
-        value = (self.summary or {}).get("metrics", {}).get(metric)
-        if value is None and self.history.get(metric):
+        metrics = (self.summary or {}).get("metrics")
+        value = metrics.get(metric) if isinstance(metrics, dict) else None
+        if not isinstance(value, int | float) and self.history.get(metric):
             value = self.history[metric][-1][1]
-        return None if value is None or not math.isfinite(value) else float(value)
+        return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
     def best(self, metric: str, maximize: bool) -> tuple[float, int | None] | None:
         """The best logged value of the metric and its step (the final value when nothing was logged)."""
@@ -69,7 +71,14 @@ class Run:
             node = node.get(part) if isinstance(node, dict) else None
         if node is not None and not isinstance(node, (dict, list)):
             return str(node)
-        return str(hydra_choices(self.path).get(key) or "-")
+        return str(self.choices.get(key) or "-")
+
+    @functools.cached_property
+    def choices(self) -> dict[str, Any]:
+        """The config-group choices Hydra recorded (`.hydra/hydra.yaml`), e.g. {"model": "gpt"}."""
+        data = _read_yaml(self.path / ".hydra/hydra.yaml")
+        choices = data.get("hydra", {}).get("runtime", {}).get("choices") if isinstance(data, dict) else None
+        return choices if isinstance(choices, dict) else {}
 
 
 @dataclass
@@ -81,7 +90,7 @@ class Report:
     maximize: bool
     rank_by: str
     runs: list[Run]
-    """Best first; unfinished runs and runs without the metric last."""
+    """Best first; runs without the metric, then failed runs, last."""
     swept: list[str]
     """Setting keys whose values differ between runs: the table's columns and one plot each."""
     extra_metrics: list[str]
@@ -208,18 +217,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-_CHOICES: dict[Path, dict[str, Any]] = {}
-
-
-def hydra_choices(run: Path) -> dict[str, Any]:
-    """The config-group choices Hydra recorded for a run (`.hydra/hydra.yaml`), e.g. {"model": "gpt"}."""
-    if run not in _CHOICES:
-        data = _read_yaml(run / ".hydra/hydra.yaml") or {}
-        choices = data.get("hydra", {}).get("runtime", {}).get("choices") if isinstance(data, dict) else None
-        _CHOICES[run] = choices if isinstance(choices, dict) else {}
-    return _CHOICES[run]
-
-
 def maximized(metric: str) -> bool:
     """Whether higher is better for a metric, from its name: accuracy and F1 yes, loss, ppl and bpb no."""
     return any(part in MAXIMIZED for part in re.split(r"[/_]", metric.lower()))
@@ -342,11 +339,15 @@ def write_plots(report: Report, out: Path) -> list[Path]:
     from lmlab.plots import plot_curves, plot_metric_vs_setting
 
     written = []
-    curves = {report.label(r): r.history[report.metric] for r in report.runs if r.history.get(report.metric)}
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for run in (r for r in report.runs if r.history.get(report.metric)):
+        label = report.label(run)
+        curves[f"{label} ({run.name})" if label in curves else label] = run.history[report.metric]
     if curves:
         written.append(plot_curves(curves, report.metric, out / "report_curves.png", title=str(report.root)))
+    finished = [run for run in report.runs if run.finished]
     for key in report.swept:
-        points = [(r.value_of(key), v) for r in report.runs if (v := r.final(report.metric)) is not None]
+        points = [(r.value_of(key), v) for r in finished if (v := r.final(report.metric)) is not None]
         if points:
             path = out / f"report_vs_{safe_name(key)}.png"
             written.append(plot_metric_vs_setting(points, key, report.metric, path, report.maximize))

@@ -40,17 +40,18 @@ def print_report(report: Report, written: list[Path]) -> None:
     from rich.console import Console
     from rich.measure import Measurement
     from rich.table import Table
+    from rich.text import Text
 
     from lmlab.report import format_cell
 
     rows = report.rows()
-    table = Table(title=report.title())
+    table = Table(title=Text(report.title()))  # Text: brackets in paths and settings are not markup
     for column in rows[0]:
         numeric = column not in ("run", "status", *report.swept)
-        table.add_column(column, justify="right" if numeric else "left")
+        table.add_column(Text(column), justify="right" if numeric else "left")
     for row in rows:
         style = "dim" if row["status"] != "ok" else None
-        table.add_row(*(format_cell(c, v) for c, v in row.items()), style=style)
+        table.add_row(*(Text(format_cell(c, v)) for c, v in row.items()), style=style)
     console = Console(soft_wrap=True)
     if not console.is_terminal:  # piped or captured: print the whole table rather than squeeze it into 80 columns
         console.width = Measurement.get(console, console.options.update(width=10_000), table).maximum
@@ -63,7 +64,8 @@ def print_report(report: Report, written: list[Path]) -> None:
 def run(cfg: DictConfig) -> None:
     from lmlab.report import build_report, write_report
 
-    report = build_report(cfg.dir, cfg.metric, cfg.maximize, cfg.rank_by, list(cfg.metrics))
+    metrics = [cfg.metrics] if isinstance(cfg.metrics, str) else list(cfg.metrics or [])  # metrics=val/ppl: one
+    report = build_report(cfg.dir, cfg.metric, cfg.maximize, cfg.rank_by, metrics)
     out = Path(cfg.out).expanduser() if cfg.out else report.root
     print_report(report, write_report(report, out, plots=cfg.plots))
 
