@@ -205,6 +205,16 @@ def test_no_runs_is_one_line_and_nonzero(where: str, message: str, tmp_path: Pat
     assert not path.exists() or [p.name for p in path.iterdir()] == ["logs"]  # nothing written
 
 
+def test_no_folder_given_names_the_usage(capsys, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["lmlab"])
+    with pytest.raises(SystemExit) as exit_:
+        main(["report"])
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: give the folder to report on: lmlab report multirun/<date>/<time> (or outputs/...)"
+    )
+
+
 def test_folder_argument_becomes_dir_override() -> None:
     assert folder_argument(["multirun/x", "metric=val/bpb"]) == ["dir='multirun/x'", "metric=val/bpb"]
     assert folder_argument(["--cfg", "job", "it's"]) == ["--cfg", "job", "dir='it\\'s'"]

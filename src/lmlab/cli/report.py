@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lmlab.cli.configs import config_dir
 from lmlab.cli.runner import reports_errors
+from lmlab.errors import LmlabError
 
 if TYPE_CHECKING:
     from lmlab.report import Report
@@ -64,6 +65,8 @@ def print_report(report: Report, written: list[Path]) -> None:
 def run(cfg: DictConfig) -> None:
     from lmlab.report import build_report, write_report
 
+    if OmegaConf.is_missing(cfg, "dir"):
+        raise LmlabError("give the folder to report on: lmlab report multirun/<date>/<time> (or outputs/...)")
     metrics = [cfg.metrics] if isinstance(cfg.metrics, str) else list(cfg.metrics or [])  # metrics=val/ppl: one
     report = build_report(cfg.dir, cfg.metric, cfg.maximize, cfg.rank_by, metrics)
     out = Path(cfg.out).expanduser() if cfg.out else report.root
