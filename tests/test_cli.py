@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from lmlab.cli.configs import check_group_choices, group_options
-from lmlab.cli.main import main
+from lmlab.cli.main import COMMANDS, main
 from lmlab.errors import LmlabError
 
 
@@ -40,7 +40,8 @@ def test_unknown_command(capsys) -> None:
         main(["trian"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: unknown command 'trian'; choose one of: train, generate, eval, predict, export"
+    assert err == f"error: unknown command 'trian'; choose one of: {', '.join(COMMANDS)}"
+    assert {"train", "generate", "eval", "predict", "export", "report"} <= set(COMMANDS)
 
 
 def test_bad_group_choice_from_the_shell_is_one_line() -> None:

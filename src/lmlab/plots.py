@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,3 +36,71 @@ def plot_confusion_matrix(matrix: np.ndarray, label_names: Sequence[str], path: 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+
+
+def _figure(width: float = 7.0, height: float = 4.5) -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def plot_curves(curves: dict[str, Sequence[tuple[int, float]]], metric: str, path: str | Path, title: str = "") -> Path:
+    """One line per run of a metric against the training step (e.g. val/loss of every job of a sweep)."""
+    fig, ax = _figure()
+    for label, points in curves.items():
+        steps, values = zip(*points, strict=True)
+        ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    if len(curves) <= 20:  # past that a legend hides the lines
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_metric_vs_setting(
+    points: Sequence[tuple[str, float]], setting: str, metric: str, path: str | Path, maximize: bool = False
+) -> Path:
+    """A metric against the values of one setting: numbers on a numeric axis (logarithmic when they span a decade
+    or more) with a line through the best run per value, anything else as categories. Several runs per value (a
+    grid over other settings) give several points."""
+    fig, ax = _figure(6.0, 4.0)
+    numbers = [_as_float(x) for x, _ in points]
+    ys = [y for _, y in points]
+    if all(n is not None for n in numbers):
+        xs = [float(n) for n in numbers]  # type: ignore[arg-type]
+        ax.scatter(xs, ys, zorder=3)
+        if min(xs) > 0 and max(xs) / min(xs) >= 10:
+            ax.set_xscale("log")
+        pick = max if maximize else min
+        best = {x: pick(y for x2, y in zip(xs, ys, strict=True) if x2 == x) for x in sorted(set(xs))}
+        ax.plot(list(best), list(best.values()), alpha=0.4)
+    else:
+        categories = list(dict.fromkeys(x for x, _ in points))
+        ax.scatter([categories.index(x) for x, _ in points], ys, zorder=3)
+        ax.set_xticks(range(len(categories)), labels=categories, rotation=30 if len(categories) > 4 else 0)
+        ax.set_xlim(-0.5, len(categories) - 0.5)
+    ax.set_xlabel(setting)
+    ax.set_ylabel(f"{metric} (final)")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _as_float(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None

@@ -15,6 +15,7 @@ COMMANDS = {
     "eval": ("lmlab.cli.eval", "evaluate a checkpoint: loss, perplexity, bits per byte (accuracy/F1 for classifiers)"),
     "predict": ("lmlab.cli.predict", "classify texts with a checkpoint: lmlab predict ckpt=RUN input=FILE output=FILE"),
     "export": ("lmlab.cli.export", "export a checkpoint to Hugging Face format: lmlab export ckpt=RUN out=DIR"),
+    "report": ("lmlab.cli.report", "rank the runs of a sweep, write report.md/.csv and plots: lmlab report DIR"),
 }
 COMMAND_ENV = "LMLAB_COMMAND"  # lets re-executed worker processes (e.g. DDP ranks) find their command
 

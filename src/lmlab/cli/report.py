@@ -1,0 +1,78 @@
+"""`lmlab report DIR [metric=val/bpb] [out=DIR]`: rank the runs of a sweep (or of any folder of runs).
+
+The work happens in `lmlab.report`; this module only composes the config, prints the table and lists the files.
+Neither imports torch or Lightning, so a report takes about as long as reading the files and drawing the plots.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from lmlab.cli.configs import config_dir
+from lmlab.cli.runner import reports_errors
+from lmlab.errors import LmlabError
+
+if TYPE_CHECKING:
+    from lmlab.report import Report
+
+VALUE_OPTIONS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
+                 "-cd", "--experimental-rerun"}  # fmt: skip
+"""Hydra options followed by a value (which is not the folder)."""
+
+
+def folder_argument(args: list[str]) -> list[str]:
+    """`lmlab report multirun/x` -> `lmlab report dir='multirun/x'`: a bare argument is the folder to report on."""
+    out = []
+    for i, arg in enumerate(args):
+        after_option = i > 0 and args[i - 1] in VALUE_OPTIONS
+        if "=" not in arg and not arg.startswith("-") and not after_option:
+            arg = "dir='" + arg.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        out.append(arg)
+    return out
+
+
+def print_report(report: Report, written: list[Path]) -> None:
+    """The ranked table on the terminal, then the files written."""
+    from rich.console import Console
+    from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
+
+    from lmlab.report import format_cell
+
+    rows = report.rows()
+    table = Table(title=Text(report.title()))  # Text: brackets in paths and settings are not markup
+    for column in rows[0]:
+        numeric = column not in ("run", "status", *report.swept)
+        table.add_column(Text(column), justify="right" if numeric else "left")
+    for row in rows:
+        style = "dim" if row["status"] != "ok" else None
+        table.add_row(*(Text(format_cell(c, v)) for c, v in row.items()), style=style)
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:  # piped or captured: print the whole table rather than squeeze it into 80 columns
+        console.width = Measurement.get(console, console.options.update(width=10_000), table).maximum
+    console.print(table)
+    for path in written:
+        console.print(f"written: {path}", markup=False, highlight=False)
+
+
+@reports_errors
+def run(cfg: DictConfig) -> None:
+    from lmlab.report import build_report, write_report
+
+    if OmegaConf.is_missing(cfg, "dir"):
+        raise LmlabError("give the folder to report on: lmlab report multirun/<date>/<time> (or outputs/...)")
+    metrics = [cfg.metrics] if isinstance(cfg.metrics, str) else list(cfg.metrics or [])  # metrics=val/ppl: one
+    report = build_report(cfg.dir, cfg.metric, cfg.maximize, cfg.rank_by, metrics)
+    out = Path(cfg.out).expanduser() if cfg.out else report.root
+    print_report(report, write_report(report, out, plots=cfg.plots))
+
+
+def main() -> None:
+    sys.argv = [sys.argv[0], *folder_argument(sys.argv[1:])]
+    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="report")(run)()
