@@ -24,13 +24,18 @@ USAGE = "usage: lmlab <command> [overrides ...] [-m] [--cfg job] [--help]\n\ncom
 )
 
 
+def _is_option(arg: str) -> bool:
+    """An override (`key=value`) or a flag, as opposed to a (mistyped) command name."""
+    return "=" in arg or arg.startswith("-")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `lmlab` script and `python -m lmlab`."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in COMMANDS:
         command = args.pop(0)
-    elif os.environ.get(COMMAND_ENV) in COMMANDS:
-        command = os.environ[COMMAND_ENV]
+    elif os.environ.get(COMMAND_ENV) in COMMANDS and (not args or _is_option(args[0])):
+        command = os.environ[COMMAND_ENV]  # a re-executed worker: its argv holds only the overrides
     elif not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
