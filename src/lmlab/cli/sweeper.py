@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ class ResumePlan:
 def plan_resume(study: Any, n_trials: int) -> ResumePlan:
     """Count the study's finished trials; fail the ones an interruption left running and queue their parameters again
     (they run first, so an interrupted trial is retried rather than lost)."""
+    from optuna.exceptions import ExperimentalWarning
     from optuna.trial import TrialState
 
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
@@ -48,7 +50,9 @@ def plan_resume(study: Any, n_trials: int) -> ResumePlan:
     interrupted = [t for t in study.trials if t.state == TrialState.RUNNING]
     for trial in interrupted:
         study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # enqueue_trial is "experimental" in optuna 2
+            study.enqueue_trial(trial.params)
     return ResumePlan(max(0, n_trials - finished), first_job, finished, [t.params for t in interrupted])
 
 
