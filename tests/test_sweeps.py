@@ -232,7 +232,9 @@ def load_study(sweep: Path):
     return optuna.load_study(study_name="shakespeare_char", storage=f"sqlite:///{sweep}/optuna.db")
 
 
-SEARCH = 'hydra.sweeper.params={optimizer.lr:"tag(log, interval(1e-4, 3e-3))",model.n_layer:"choice(1, 2)"}'
+# Merged into the preset's space (++ adds keys). Its model.n_layer/n_embd are fixed by the tiny sizes, and fixed
+# values leave the search space.
+SEARCH = '++hydra.sweeper.params={optimizer.lr:"tag(log, interval(1e-4, 3e-3))",model.dropout:"choice(0.0, 0.1)"}'
 
 
 @pytest.mark.slow
@@ -284,7 +286,7 @@ def test_optuna_sweep_with_two_processes_per_job(tmp_path) -> None:
     for job, trial in zip(jobs, trials, strict=True):  # every rank trained with the parameters Optuna sampled
         record = rank_records(job)[0]
         assert (
-            record["lr"] == trial.params["optimizer.lr"] and record["model"]["n_layer"] == trial.params["model.n_layer"]
+            record["lr"] == trial.params["optimizer.lr"] and record["model"]["dropout"] == trial.params["model.dropout"]
         )
 
 
