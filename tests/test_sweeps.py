@@ -186,6 +186,26 @@ def test_slurm_preset_asks_one_task_per_device() -> None:
     assert local._target_.endswith("LocalLauncher") and local.tasks_per_node == 1
 
 
+def test_slurm_preset_makes_an_sbatch_script(tmp_path, monkeypatch) -> None:
+    """The preset's values pass submitit's checks and become one task per device in the sbatch script (a fake `srun`
+    on PATH lets submitit's SLURM executor start without a cluster)."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    (tmp_path / "srun").write_text("#!/bin/sh\n")
+    (tmp_path / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    cfg = compose_with_hydra(["hydra/launcher=slurm", "hardware=ddp_cpu", "hydra.launcher.partition=gpu"])
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    params = {k: v for k, v in params.items() if k not in ("_target_", "submitit_folder", "max_num_timeout")}
+    base = set(OmegaConf.structured(BaseQueueConf).keys())  # the renaming Hydra's SlurmLauncher.launch does
+    executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    script = executor._executor._make_submission_file_text("python -m lmlab", "uid")
+    for line in ("--ntasks-per-node=2", "--gpus-per-node=2", "--nodes=1", "--partition=gpu", "--time=240"):
+        assert f"#SBATCH {line}" in script
+
+
 # --- end to end (slow) --------------------------------------------------------------------------------------------
 
 
