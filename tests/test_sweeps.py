@@ -280,10 +280,15 @@ def test_optuna_study_resumes_without_repeating_finished_trials(tmp_path) -> Non
     assert [p.name for p in job_dirs(sweep)] == ["0", "1", "3"]  # job folder = trial number; none overwritten
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
-    result = run_sweep(tmp_path, *common, "hydra.sweeper.n_trials=3")  # already complete: runs nothing
-    assert len(load_study(sweep).trials) == 4 and "Launching" not in result.stdout + result.stderr
+    run_sweep(tmp_path, *common, "hydra.sweeper.n_trials=4")  # one more, sampled: the seeded sampler moved on
+    trials = load_study(sweep).trials
+    assert len(trials) == 5 and trials[4].state == TrialState.COMPLETE
+    assert trials[4].params["optimizer.lr"] not in [t.params["optimizer.lr"] for t in trials[:4]]
+
+    result = run_sweep(tmp_path, *common, "hydra.sweeper.n_trials=4")  # already complete: runs nothing
+    assert len(load_study(sweep).trials) == 5 and "Launching" not in result.stdout + result.stderr
     best = OmegaConf.load(sweep / "optimization_results.yaml")
-    assert best.best_value == min(t.value for t in complete)
+    assert best.best_value == min(t.value for t in load_study(sweep).trials if t.state == TrialState.COMPLETE)
 
 
 @pytest.mark.slow
