@@ -48,6 +48,21 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
 
 
+_HYDRA_GROUPS = ("hydra/launcher", "hydra/sweeper")
+"""Hydra's own groups whose choices are checked too (lmlab's presets plus what Hydra and its plugins provide)."""
+
+
+def hydra_group_options(group: str) -> list[str]:
+    """Choices of one of Hydra's groups: lmlab's files in conf/<group>/ and the configs that Hydra and the installed
+    Hydra plugins register (e.g. basic, submitit_local, submitit_slurm for hydra/launcher)."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # importing the plugins registers their configs
+    registered = {name.removesuffix(".yaml") for name in ConfigStore.instance().list(group) if name.endswith(".yaml")}
+    return sorted(registered | set(group_options(group)))
+
+
 def check_group_choices(command: str, overrides: list[str]) -> None:
     """Refuse `group=choice` overrides whose choice has no config file, listing the available ones.
 
@@ -55,12 +70,15 @@ def check_group_choices(command: str, overrides: list[str]) -> None:
     """
     for override in overrides:
         match = _CHOICE.match(override)
-        if not match or override.startswith("hydra/") or "." in match["group"]:
+        if not match or "." in match["group"] or match["value"] in ("", "null"):
             continue
         group, value = match["group"], match["value"]
-        if not (config_dir() / group).is_dir() or value in ("", "null"):
+        if group in _HYDRA_GROUPS:
+            options = hydra_group_options(group)
+        elif group.startswith("hydra/") or not (config_dir() / group).is_dir():
             continue
-        options = group_options(group)
+        else:
+            options = group_options(group)
         for choice in _sweep_values(value):
             if choice not in options:
                 raise LmlabError(f"unknown {group} {choice!r}; choose one of: {', '.join(options)}")

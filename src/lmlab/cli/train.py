@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -136,11 +137,31 @@ def run(cfg: DictConfig) -> float | None:
     """Hydra task function: train, always close the W&B run, return the optimized metric for sweepers."""
     from lmlab.tracking import finish_wandb
 
+    ranks = sweep_ranks(cfg)
+    if ranks > 1:  # one job of a sweep on several processes: its ranks start here (see lmlab.launch)
+        from lmlab.launch import run_ranks
+
+        OmegaConf.resolve(cfg)  # ${hydra:...} and ${now:...} resolve here, where Hydra's state is
+        return run_ranks(functools.partial(run, cfg), ranks)
     try:
         metrics = train(cfg)
     finally:
         finish_wandb()
     return metrics.get(cfg.get("optimized_metric") or "")
+
+
+def sweep_ranks(cfg: DictConfig) -> int:
+    """How many rank processes this run must start itself: more than 1 only for a multi-process job of a sweep,
+    where Lightning's re-run of the command line would re-run the sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return 1
+    from lmlab.launch import ranks_to_start
+
+    trainer = cfg.trainer
+    return ranks_to_start(trainer.get("strategy", "auto"), trainer.get("devices", 1), trainer.get("num_nodes", 1))
 
 
 def main() -> None:
