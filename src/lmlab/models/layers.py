@@ -263,9 +263,6 @@ def stack_hidden_states(model: nn.Module, idx: torch.Tensor, key_padding: torch.
         x = x + model.wpe(torch.arange(T, device=idx.device))
     x = model.drop(x)
     recompute = model.config.activation_checkpointing and torch.is_grad_enabled()
-    for block in model.blocks:
-        if recompute:  # keep only the block's input; dropout masks are replayed from the saved RNG state
-            x = checkpoint(block, x, key_padding, use_reentrant=False)
-        else:
-            x = block(x, key_padding)
+    for block in model.blocks:  # recompute: keep only each block's input; dropout replays its saved RNG state
+        x = checkpoint(block, x, key_padding, use_reentrant=False) if recompute else block(x, key_padding)
     return model.ln_f(x)
