@@ -23,7 +23,8 @@ def test_accumulation_from_global_batch() -> None:
     assert accumulation_steps(micro_batch=4, world_size=1, global_tokens=16 * 64, block_size=64) == 4
     assert accumulation_steps(micro_batch=12, world_size=1) == 1  # no global batch: one micro-batch per process
     assert accumulation_steps(micro_batch=12, world_size=1, configured=3) == 3
-    assert describe_batch(4, 2, 2, 64) == "global batch 16 sequences (1,024 tokens) = micro-batch 4 × 2 processes × accumulation 2"
+    line = "global batch 16 sequences (1,024 tokens) = micro-batch 4 × 2 processes × accumulation 2"
+    assert describe_batch(4, 2, 2, 64) == line
 
 
 @pytest.mark.parametrize(
@@ -53,9 +54,8 @@ def global_batches(world: int, accumulation: int, micro: int, n: int = 103, epoc
         sampler.set_epoch(epoch)
         ranks.append(micro_batches(sampler, micro))
     steps = len(ranks[0]) // accumulation
-    return [
-        {i for r in ranks for batch in r[k * accumulation : (k + 1) * accumulation] for i in batch} for k in range(steps)
-    ]
+    window = [slice(k * accumulation, (k + 1) * accumulation) for k in range(steps)]
+    return [{i for r in ranks for batch in r[w] for i in batch} for w in window]
 
 
 def test_every_split_of_the_global_batch_sees_the_same_examples() -> None:
