@@ -75,6 +75,8 @@ def test_evaluation_shards_cover_every_example_once() -> None:
     shards = [list(EvalShardSampler(range(11), world_size=3, rank=r)) for r in range(3)]
     assert sorted(i for shard in shards for i in shard) == list(range(11))
     assert [len(EvalShardSampler(range(11), 3, r)) for r in range(3)] == [4, 4, 3]
+    with pytest.raises(LmlabError, match="fewer than the 4 processes"):
+        EvalShardSampler(range(3), world_size=4, rank=0)
 
 
 def test_trainer_gets_derived_accumulation_and_validates_in_steps(cfg_train, tmp_path: Path, tiny_corpus: Path):

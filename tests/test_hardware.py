@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,16 @@ def test_compile_trains_the_inner_model(tmp_path: Path, tiny_corpus: Path) -> No
     assert task.model._compiled_call_impl is not None  # the nn.Module, not the LightningModule, was compiled
     assert not hasattr(task, "_orig_mod") and "model.wte.weight" in task.state_dict()  # checkpoint keys unchanged
     assert compiled_loss == pytest.approx(eager_loss, abs=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_bf16_compile_and_fused_adamw(tmp_path: Path, tiny_corpus: Path) -> None:
+    """On a CUDA machine: hardware=gpu (bf16-mixed) with model.compile=true trains, with the fused AdamW kernel."""
+    cfg = compose_train(
+        tmp_path,
+        ["hardware=gpu", "model.compile=true", "data=text_files", f"data.corpus.paths=[{tiny_corpus}]", "logger=none"],
+    )
+    task, loss = fit(cfg)
+    assert task.model._compiled_call_impl is not None and math.isfinite(loss)
+    assert task.trainer.optimizers[0].defaults["fused"] is True

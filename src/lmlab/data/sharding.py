@@ -61,6 +61,11 @@ class EvalShardSampler(DistributedSampler):
     evaluated exactly once across the ranks, so summed metrics equal a single process's."""
 
     def __init__(self, dataset: Dataset, world_size: int = 1, rank: int = 0) -> None:
+        if 0 < len(dataset) < world_size:  # type: ignore[arg-type]
+            raise LmlabError(  # a rank without a batch would skip the metric sync the others wait in
+                f"the evaluation split has {len(dataset)} examples, fewer than the {world_size} processes; "  # type: ignore[arg-type]
+                "use more validation data (data.max_val_tokens, data.val_fraction) or fewer processes"
+            )
         super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=False, drop_last=False)
         self.num_samples = len(range(rank, len(dataset), world_size))  # type: ignore[arg-type]
 
