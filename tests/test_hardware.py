@@ -108,6 +108,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients() -> None:
 
 
 def fit(cfg) -> tuple[pl.LightningModule, float]:
+    pl.seed_everything(cfg.seed)  # the same initial weights in every call
     datamodule = build_datamodule(cfg)
     task = build_task(cfg, datamodule.tokenizer, datamodule)
     trainer = build_trainer(cfg)
