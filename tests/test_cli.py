@@ -30,7 +30,7 @@ def run_cli(*args: str, cwd=None, env=None, timeout: int = 120) -> subprocess.Co
 def test_unknown_group_choice_lists_choices() -> None:
     with pytest.raises(LmlabError, match=r"unknown model 'gtp'; choose one of: bert, gpt, "):
         check_group_choices("train", ["model=gtp"])
-    with pytest.raises(LmlabError, match=r"unknown hardware 'tpu'; choose one of: cpu, .*default, gpu"):
+    with pytest.raises(LmlabError, match=r"unknown hardware 'tpu'; choose one of: cpu, ddp, ddp_cpu, deepspeed, "):
         check_group_choices("train", ["hardware=cpu,tpu"])
     check_group_choices("train", ["model=gpt", "model.n_layer=2", "debug=null", "+foo=1", "hydra.run.dir=x"])
 

@@ -79,13 +79,33 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) 
     """Callbacks, loggers and the Trainer of the chosen hardware profile."""
     from hydra.utils import instantiate
 
-    from lmlab.hardware import check_accelerator
+    from lmlab.hardware import check_hardware
 
-    check_accelerator(cfg.trainer.accelerator)
+    strategy = cfg.trainer.get("strategy", "auto")
+    strategy = OmegaConf.to_container(strategy) if isinstance(strategy, DictConfig) else strategy
+    check_hardware(cfg.trainer.accelerator, strategy, cfg.trainer.get("precision"))
     callbacks = [*build_group(cfg.get("callbacks"), "callback"), *extra_callbacks]
     loggers = build_group(cfg.get("logger"), "logger")
     log.info("instantiating trainer <%s>", cfg.trainer._target_)
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    set_accumulation(trainer, cfg)
+    return trainer
+
+
+def set_accumulation(trainer: pl.Trainer, cfg: DictConfig) -> None:
+    """Derive gradient accumulation from `batch.global_size` / `batch.global_tokens` and the world size."""
+    from lmlab.batching import accumulation_steps, describe_batch
+
+    world_size = trainer.num_devices * trainer.num_nodes
+    micro, block_size = cfg.data.batch_size, cfg.data.get("block_size")
+    batch = cfg.get("batch") or {}
+    trainer.accumulate_grad_batches = accumulation_steps(
+        micro, world_size, batch.get("global_size"), batch.get("global_tokens"), block_size,
+        configured=trainer.accumulate_grad_batches,
+    )  # fmt: skip
+    if isinstance(trainer.val_check_interval, int):  # Lightning counts it in micro-batches; lmlab in optimizer steps
+        trainer.val_check_interval *= trainer.accumulate_grad_batches
+    log.info("batch: %s", describe_batch(micro, world_size, trainer.accumulate_grad_batches, block_size))
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -126,7 +146,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics |= {k: float(v) for k, v in trainer.test(task, datamodule=datamodule, verbose=False)[0].items()}
     sample = None
     if isinstance(task, CausalLMTask):
-        sample = sample_text(task.model, tokenizer, task.model_config.block_size, seed=cfg.seed, **cfg.sample)
+        from lmlab.parallel import whole_model
+
+        model = whole_model(task.model, task.model_config)  # FSDP: gathered from the shards
+        sample = sample_text(model, tokenizer, task.model_config.block_size, seed=cfg.seed, **cfg.sample)
     print_run_summary(run_dir, metrics, trainer.checkpoint_callback, sample)
     write_summary(run_dir, task, datamodule, metrics, fit_seconds)
     return metrics

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmlab.data.labeled import LabeledExamples, LabeledSource, LabeledSplits
+from lmlab.data.sharding import EvalShardSampler, GlobalBatchSampler, process_place
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import Tokenizer, TokenizerConfig
 
@@ -159,11 +160,17 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
         self.setup()
+        dataset = self.datasets[name]
+        world_size, rank, accumulation = process_place(self.trainer)
+        if shuffle:
+            sampler = GlobalBatchSampler(dataset, batch_size, world_size, rank, accumulation, seed=self.seed)
+        else:
+            sampler = EvalShardSampler(dataset, world_size, rank)
         return DataLoader(
-            self.datasets[name],
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            sampler=sampler,
+            drop_last=shuffle,
             collate_fn=functools.partial(pad_batch, pad_id=self.pad_id),
             num_workers=self.num_workers,
             persistent_workers=shuffle and self.num_workers > 0,

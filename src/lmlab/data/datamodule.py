@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader
 
 from lmlab.data.cache import TokenSplits, build_token_cache, load_token_cache
 from lmlab.data.corpora import Corpus
+from lmlab.data.sharding import EvalShardSampler, GlobalBatchSampler, process_place
 from lmlab.data.windows import TokenWindows
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import Tokenizer, TokenizerConfig
@@ -26,7 +26,7 @@ class LMDataModule(pl.LightningDataModule):
         corpus: where the text comes from.
         tokenizer: how to train the tokenizer on the training split.
         block_size: tokens per window (the model's context length).
-        batch_size: training windows per step (per process).
+        batch_size: training windows per micro-batch of one process (the global batch: `batch.global_size`).
         eval_batch_size: windows per validation batch; defaults to `batch_size`.
         val_fraction: share of the text, taken from its end, held out for validation.
         max_val_tokens: cap on validation tokens evaluated (the first ones, so the set is fixed); `None` = all.
@@ -105,13 +105,13 @@ class LMDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        generator = torch.Generator().manual_seed(self.seed)
+        world_size, rank, accumulation = process_place(self.trainer)
+        windows = TokenWindows(self.splits.train, self.block_size, stride=self.train_stride)
         return DataLoader(
-            TokenWindows(self.splits.train, self.block_size, stride=self.train_stride),
+            windows,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=GlobalBatchSampler(windows, self.batch_size, world_size, rank, accumulation, seed=self.seed),
             drop_last=True,
-            generator=generator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -119,9 +119,11 @@ class LMDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         self.setup()
         max_windows = None if self.max_val_tokens is None else max(1, self.max_val_tokens // self.block_size)
+        windows = TokenWindows(self.splits.val, self.block_size, max_windows=max_windows)
+        world_size, rank, _ = process_place(self.trainer)
         return DataLoader(
-            TokenWindows(self.splits.val, self.block_size, max_windows=max_windows),
+            windows,
             batch_size=self.eval_batch_size,
-            shuffle=False,
+            sampler=EvalShardSampler(windows, world_size, rank),
             num_workers=self.num_workers,
         )

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from torch import nn
 from torch.optim import Optimizer
 from torchmetrics import Metric
@@ -23,6 +24,15 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def fused_option(optimizer_factory: OptimizerFactory, device: torch.device) -> dict[str, bool]:
+    """`fused: null` in the optimizer config means: the fused kernel on CUDA (one launch per step), torch's default
+    elsewhere. Returns the keyword to add to the factory's call."""
+    keywords = getattr(optimizer_factory, "keywords", {})
+    if "fused" in keywords and keywords["fused"] is None and device.type == "cuda":
+        return {"fused": True}
+    return {}
 
 
 class ModelTask(pl.LightningModule):
@@ -54,6 +64,8 @@ class ModelTask(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.weight_decay = weight_decay
         self.last_val_step = -1
+        self._loss_sum: torch.Tensor | float = 0.0
+        self._loss_count = 0
         """Global step of the latest validation, so the CLI knows whether the final weights were evaluated."""
 
     def check_model(self, config: ModelConfig) -> None:
@@ -69,16 +81,44 @@ class ModelTask(pl.LightningModule):
         """Constructor arguments this task takes from the DataModule (e.g. a classifier's classes)."""
         return {}
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """What the optimizer updates: decay on ≥2-D weights only (tasks with a head add its groups)."""
+        return decay_groups(self.model, self.weight_decay)
+
     def configure_optimizers(self) -> Any:
-        if not any(p.requires_grad for p in self.model.parameters()):
+        groups = self.param_groups()
+        if not any(group["params"] for group in groups):
             return None  # a counting model (n-gram) trains without gradient steps
         if self.optimizer_factory is None:
             raise RuntimeError(f"{type(self).__name__} was built without an optimizer; pass optimizer=... to train")
-        optimizer = self.optimizer_factory(decay_groups(self.model, self.weight_decay))
+        optimizer = self.optimizer_factory(groups, **fused_option(self.optimizer_factory, self.device))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_model(self) -> None:
+        """Trainer hook, once per process before each stage: FSDP2 sharding when the strategy set up a device mesh
+        (`hardware=fsdp`), then `model.compile=true` compiles the inner model (never this LightningModule, which
+        fails with Lightning 2.6.6)."""
+        if self.device_mesh is not None:
+            from lmlab.parallel import shard_modules
+
+            shard_modules(self, self.device_mesh["data_parallel"])
+        if getattr(self.model_config, "compile", False) and getattr(self.model, "_compiled_call_impl", None) is None:
+            self.model.compile()  # in place: parameter names, state dicts and checkpoints stay unchanged
+
+    def log_train_loss(self, loss: torch.Tensor) -> None:
+        """Collect one micro-batch's loss; `train/loss` is logged once per optimizer step as the mean over the
+        global batch (all accumulated micro-batches, all processes), not the last micro-batch of one process."""
+        self._loss_sum = self._loss_sum + loss.detach()
+        self._loss_count += 1
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        if self._loss_count:
+            mean = self._loss_sum / self._loss_count
+            self.log("train/loss", mean, prog_bar=True, sync_dist=self.trainer.world_size > 1)
+            self._loss_sum, self._loss_count = 0.0, 0
 
     def on_fit_start(self) -> None:
         # A `trainer.validate` before fitting leaves metric states as inference tensors; fitting updates them in place.

@@ -71,7 +71,7 @@ class CausalLMTask(ModelTask):
             return self.count_training_split()
         x, y = batch  # (B, T), (B, T)
         loss = self.loss(self(x), y)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log_train_loss(loss)
         return loss
 
     def count_training_split(self) -> None:

@@ -136,7 +136,7 @@ class ClassificationTask(ModelTask):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         ids, mask, labels = batch
         loss = self.loss(self(ids, mask), labels)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log_train_loss(loss)
         return loss
 
     def param_groups(self) -> list[dict[str, Any]]:
@@ -146,15 +146,6 @@ class ClassificationTask(ModelTask):
         if self.head_lr is not None:
             head = [{**group, "lr": self.head_lr} for group in head]
         return [group for group in [*backbone, *head] if group["params"]]
-
-    def configure_optimizers(self) -> Any:
-        if self.optimizer_factory is None:
-            raise RuntimeError("ClassificationTask was built without an optimizer; pass optimizer=... to train")
-        optimizer = self.optimizer_factory(self.param_groups())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_fit_start(self) -> None:
         super().on_fit_start()

@@ -105,7 +105,7 @@ class MaskedLMTask(ModelTask):
         inputs, labels = self.masked(batch[0])
         logits = self(inputs)  # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log_train_loss(loss)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
