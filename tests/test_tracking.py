@@ -180,6 +180,8 @@ def test_samples_callback_logs_a_growing_table_for_causal_lms(tmp_path: Path) ->
     assert logger.tables[-1][1][0][2] == text  # same seed, same weights: the same sample
     trainer.sanity_checking = True
     callback.on_validation_end(trainer, task)
+    trainer.sanity_checking, trainer.is_global_zero = False, False  # other ranks sample too, but do not log
+    callback.on_validation_end(trainer, task)
     assert len(logger.tables) == 2
 
 

@@ -12,9 +12,10 @@ class GeneratedSamples(pl.Callback):
     """After each validation of a causal LM, continue `prompt` and log the text.
 
     W&B gets the table `val/samples` (step, prompt, sample), re-logged with all rows so far so its latest version
-    reads as the history; TensorBoard gets the text `val/sample`. Costs `max_new_tokens` decoding steps on rank 0
-    and does nothing without such a logger, for other tasks, or with `max_new_tokens: 0`. The fixed `seed` makes
-    samples of different steps differ only by the weights.
+    reads as the history; TensorBoard gets the text `val/sample`. Costs `max_new_tokens` decoding steps on every
+    rank (the same on each, so a sharded model's forward works; rank 0 logs). Does nothing without such a logger,
+    for other tasks, or with `max_new_tokens: 0`. The fixed `seed` makes samples of different steps differ only by
+    the weights.
     """
 
     def __init__(
@@ -39,14 +40,15 @@ class GeneratedSamples(pl.Callback):
         tokenizer = getattr(trainer.datamodule, "tokenizer", None)
         if (
             trainer.sanity_checking
-            or not trainer.is_global_zero
             or not loggers
             or self.max_new_tokens <= 0
             or tokenizer is None
             or not isinstance(pl_module, CausalLMTask)
         ):
             return
-        text = self.sample(pl_module, tokenizer)
+        text = self.sample(pl_module, tokenizer)  # on every rank: a sharded model's forward needs them all
+        if not trainer.is_global_zero:
+            return
         step = trainer.global_step
         self.rows.append([step, self.prompt, text])
         for logger in loggers:
