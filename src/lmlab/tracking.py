@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import netrc
 import os
-import socket
+import secrets
+import string
 import threading
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from lmlab.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +31,24 @@ def has_wandb_credentials(base_url: str | None = None) -> bool:
 
 
 def server_reachable(base_url: str | None = None, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the W&B server opens within `timeout` seconds (DNS included)."""
-    url = urlparse(base_url or os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL))
-    port = url.port or (443 if url.scheme == "https" else 80)
+    """Whether the W&B server answers an HTTP request within `timeout` seconds (DNS included).
+
+    Any HTTP answer counts, even an error status; a refused connection, or a port that accepts but stays silent,
+    does not.
+    """
+    import urllib.error
+    import urllib.request
+
+    url = base_url or os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL)
     result: list[bool] = []
 
     def probe() -> None:
         try:
-            with socket.create_connection((url.hostname, port), timeout=timeout):
+            with urllib.request.urlopen(url, timeout=timeout):
                 result.append(True)
-        except OSError:
+        except urllib.error.HTTPError:
+            result.append(True)
+        except (OSError, ValueError):
             result.append(False)
 
     thread = threading.Thread(target=probe, daemon=True)
@@ -45,18 +57,49 @@ def server_reachable(base_url: str | None = None, timeout: float = 3.0) -> bool:
     return bool(result and result[0])
 
 
+_automatic_mode: str | None = None
+"""The mode chosen without WANDB_MODE, kept for the rest of the process: a sweep probes and warns once."""
+
+
 def choose_wandb_mode(mode: str | None = None) -> str:
     """Resolve the W&B mode: explicit argument, then WANDB_MODE, then online only if it can work."""
+    global _automatic_mode
     mode = mode or os.environ.get("WANDB_MODE")
     if mode:
         return "offline" if mode == "dryrun" else mode
-    if not has_wandb_credentials():
-        log.warning("W&B: no API key configured, logging offline; upload later with `wandb sync <run>/wandb`")
-        return "offline"
-    if not server_reachable():
-        log.warning("W&B: server unreachable, logging offline; upload later with `wandb sync <run>/wandb`")
-        return "offline"
-    return "online"
+    if _automatic_mode is None:
+        reason = None
+        if not has_wandb_credentials():
+            reason = "no API key configured (WANDB_API_KEY or ~/.netrc)"
+        elif not server_reachable():
+            reason = f"server {os.environ.get('WANDB_BASE_URL', DEFAULT_BASE_URL)} unreachable"
+        _automatic_mode = "online" if reason is None else "offline"
+        if reason and _is_rank_zero():
+            log.warning(
+                "W&B: %s, logging offline; upload later with `wandb sync <run dir>/wandb/offline-run-*`", reason
+            )
+    return _automatic_mode
+
+
+def _is_rank_zero() -> bool:
+    """Whether this process is rank 0 (or the only one), from the launcher's environment."""
+    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+
+RUN_ID_FILE = "wandb_run_id"
+"""In the run directory: the W&B run id, so a run resumed in the same directory continues the same W&B run."""
+
+
+def run_id_for(run_dir: str | Path) -> tuple[str, bool]:
+    """The W&B run id of `run_dir`: the stored one (True: resume it) or a new one, stored now by rank 0."""
+    path = Path(run_dir) / RUN_ID_FILE
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip(), True
+    alphabet = string.ascii_lowercase + string.digits
+    run_id = "".join(secrets.choice(alphabet) for _ in range(8))
+    if _is_rank_zero():
+        atomic_write_text(path, run_id + "\n")
+    return run_id, False
 
 
 def wandb_logger(
@@ -67,20 +110,37 @@ def wandb_logger(
     group: str | None = None,
     tags: list[str] | None = None,
     job_type: str | None = None,
+    id: str | None = None,
     **kwargs: Any,
 ) -> Any:
-    """A Lightning `WandbLogger` in the mode `choose_wandb_mode` picks."""
+    """A Lightning `WandbLogger` in the mode `choose_wandb_mode` picks, one W&B run per run directory.
+
+    The run id is kept in `<save_dir>/wandb_run_id`: a later run in the same directory (a resumed run) continues
+    that W&B run. The run config starts with `provenance` (git commit and dirty flag, key package versions,
+    hardware); the train command adds the resolved config.
+    """
     from pytorch_lightning.loggers import WandbLogger
 
+    from lmlab.provenance import run_environment
+
     os.makedirs(save_dir, exist_ok=True)
+    mode = choose_wandb_mode(mode)
+    resume = False
+    if id is None and mode != "disabled":
+        id, resume = run_id_for(save_dir)
+    if resume:
+        log.info("W&B: continuing run %s of %s", id, save_dir)
+    config = {"provenance": run_environment(), **kwargs.pop("config", {})}
     return WandbLogger(
         project=project,
         save_dir=save_dir,
         name=name or None,
-        mode=choose_wandb_mode(mode),
+        mode=mode,
         group=group or None,
         tags=list(tags or []),
         job_type=job_type,
+        id=id,
+        config=config,
         **kwargs,
     )
 

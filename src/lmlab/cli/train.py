@@ -113,12 +113,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
 
     from lmlab.callbacks import CheckpointMetadata
+    from lmlab.cli.run_identity import name_tracking_runs
+    from lmlab.provenance import write_provenance
     from lmlab.reporting import print_run_summary, sample_text, write_summary
     from lmlab.tasks import CausalLMTask
     from lmlab.tokenizers import save_tokenizer
 
     run_dir = Path(cfg.paths.output_dir)
     use_starting_point(cfg)
+    name_tracking_runs(cfg)  # W&B run name = the overrides, group = the sweep
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     pl.seed_everything(cfg.seed, workers=True)
 
@@ -128,6 +131,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg, [CheckpointMetadata(tokenizer.to_dict(), resolved)])
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    write_provenance(run_dir, command_line_overrides())  # overrides, git commit (+ diff), package versions
     save_tokenizer(tokenizer, run_dir / "tokenizer.json")
     for logger in trainer.loggers:
         logger.log_hyperparams(resolved)
