@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmlab.cli.configs import config_dir
 from lmlab.cli.runner import build_group, instantiate_config, reports_errors
+from lmlab.cli.validate import check_run_config
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -99,6 +100,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir = Path(cfg.paths.output_dir)
     use_starting_point(cfg)
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    check_run_config(resolved)  # keys, types and cross-field checks before any compute
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = build_datamodule(cfg)

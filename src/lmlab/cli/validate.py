@@ -1,0 +1,230 @@
+"""Config checks before anything runs: composition errors as one line with the fix, and every `_target_` node's
+keys and simple types checked against its target's signature."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from lmlab.errors import LmlabError
+
+HYDRA_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_args_"})
+SIMPLE_TYPES = (bool, int, float, str)
+
+
+def suggestion(name: str, valid: list[str]) -> str:
+    """`; did you mean X?` for the closest valid name, and the valid names."""
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"{hint}valid keys: {', '.join(sorted(valid))}"
+
+
+# --- compose time -------------------------------------------------------------------------------------------------
+
+
+def check_overrides(command: str, overrides: list[str]) -> None:
+    """Compose the command's config with `overrides` (sweeps left out) and turn a composition error caused by a
+    wrong type or an unknown key into a one-line `LmlabError` naming the key path and the fix.
+
+    Hydra would refuse them too, but over several lines; errors this does not recognise are left to Hydra.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from lmlab.cli.configs import config_dir
+
+    plain = _plain_overrides(overrides)
+    if plain is None:
+        return
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name=command):
+            try:
+                compose(command, overrides=plain)
+            except ConfigCompositionException as err:
+                cause = err.__cause__
+                if isinstance(cause, OmegaConfBaseException):
+                    raise LmlabError(composition_message(command, plain, err, cause)) from err
+    except LmlabError:
+        raise
+    except Exception:  # anything else (a missing plugin, a bad sweep): Hydra reports it in its own words
+        return
+
+
+def _plain_overrides(overrides: list[str]) -> list[str] | None:
+    """The `key=value` overrides that are not sweeps; None when they cannot be parsed (Hydra will say why)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    candidates = [o for o in overrides if not o.startswith("-") and "=" in o]
+    try:
+        parsed = OverridesParser.create().parse_overrides(candidates)
+    except Exception:
+        return None
+    return [o.input_line for o in parsed if not o.is_sweep_override() and o.input_line is not None]
+
+
+def composition_message(command: str, overrides: list[str], err: BaseException, cause: Any) -> str:
+    """One line for a composition error: the key path, what is wrong, and the fix."""
+    key = str(getattr(cause, "full_key", "") or "")
+    text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    if not key:
+        return f"config error: {str(err).splitlines()[0]}: {text}"
+    parent, _, name = key.rpartition(".")
+    if "not in struct" in text or ("not in" in text and "Key" in text):
+        valid = _valid_keys(command, overrides, parent)
+        where = f"not a setting of {parent}" if parent else "not a top-level setting"
+        fix = suggestion(name, valid) if valid else "remove it"
+        return f"{key} is {where}; {fix}"
+    expected = _expected_type(cause)
+    fix = f"; give {key} a value of type {expected}" if expected else ""
+    return f"config error at {key}: {text}{fix}"
+
+
+def _valid_keys(command: str, overrides: list[str], parent: str) -> list[str]:
+    """Keys of the node at `parent` in the config composed with only the group choices of `overrides`."""
+    from hydra import compose
+    from omegaconf import DictConfig, OmegaConf
+
+    choices = [o for o in overrides if "." not in o.split("=", 1)[0]]
+    try:
+        cfg = compose(command, overrides=choices)
+    except Exception:
+        return []
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return [str(k) for k in node if str(k) not in HYDRA_KEYS] if isinstance(node, DictConfig) else []
+
+
+def _expected_type(cause: Any) -> str | None:
+    """The declared type of the field a validation error is about, from its schema dataclass."""
+    schema, key = getattr(cause, "object_type", None), getattr(cause, "key", None)
+    if schema is None or not dataclasses.is_dataclass(schema):
+        return None
+    kind = {f.name: f.type for f in dataclasses.fields(schema)}.get(str(key))
+    return getattr(kind, "__name__", None) or (str(kind) if kind is not None else None)
+
+
+# --- before training: `_target_` nodes against their targets' signatures --------------------------------------------
+
+
+def check_targets(config: Mapping[str, Any], path: str = "", skip: frozenset[str] = frozenset()) -> None:
+    """Every `_target_` node of a resolved config: each key a parameter of its target, each simple value of the
+    declared type. Raises `LmlabError` with the key path and the valid keys (closest match first)."""
+    for key, node, target in _target_nodes(config, path):
+        if key in skip:
+            continue
+        parameters = _parameters(target)
+        if parameters is None:
+            continue
+        names, hints = parameters
+        for name, value in node.items():
+            if name in HYDRA_KEYS or (isinstance(value, Mapping) and "_target_" in value):
+                continue
+            if names is not None and name not in names:
+                short = node["_target_"].rsplit(".", 1)[-1]
+                raise LmlabError(f"{key}.{name} is not a setting of {short}; {suggestion(name, sorted(names))}")
+            _check_type(f"{key}.{name}", value, hints.get(name))
+
+
+def _target_nodes(config: Mapping[str, Any], path: str) -> Iterator[tuple[str, Mapping[str, Any], Callable]]:
+    """(key path, node, target) of every node with a `_target_` that can be imported."""
+    from hydra.utils import get_object
+
+    if "_target_" in config:
+        target = None
+        with contextlib.suppress(Exception):  # an unimportable target fails when instantiated, in its own words
+            target = get_object(str(config["_target_"]))
+        if target is not None:
+            yield path, config, target
+    for name, value in config.items():
+        if isinstance(value, Mapping) and name != "hydra":
+            yield from _target_nodes(value, f"{path}.{name}" if path else str(name))
+
+
+def _parameters(target: Callable) -> tuple[set[str] | None, dict[str, Any]] | None:
+    """(parameter names, or None when it takes **kwargs; resolved type hints) of a callable or class."""
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return None
+    params = signature.parameters.values()
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    names = None if open_ended else {p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+    try:
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:
+        hints = {}
+    return names, hints
+
+
+def _check_type(key: str, value: Any, hint: Any) -> None:
+    """Refuse a scalar whose type cannot be what a simple annotation (int, float, bool, str, X | None) asks."""
+    allowed = _simple_types(hint)
+    if allowed is None or value is None:  # null: many signatures say `x: int = None`; the target decides
+        return
+    if isinstance(value, bool) and bool not in allowed:
+        ok = False
+    elif isinstance(value, int) and not isinstance(value, bool):
+        ok = int in allowed or float in allowed
+    else:
+        ok = isinstance(value, tuple(t for t in allowed if t is not type(None)))
+    if not ok:
+        raise LmlabError(f"{key}={value!r} has the wrong type; give a value of type {_names(allowed)}")
+
+
+def _simple_types(hint: Any) -> tuple[type, ...] | None:
+    """The member types of a hint made only of int/float/bool/str/None, else None (not checked)."""
+    if hint in SIMPLE_TYPES:
+        return (hint,)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        members = typing.get_args(hint)
+        if all(m in SIMPLE_TYPES or m is type(None) for m in members):
+            return tuple(members)
+    return None
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+
+
+# --- cross-field checks ---------------------------------------------------------------------------------------------
+
+
+def check_run_config(config: Mapping[str, Any]) -> None:
+    """All checks of a resolved `lmlab train` config that need no data: keys and types of every `_target_` node,
+    the model's own shape rules (its config dataclass), batch sizes and the step budget."""
+    check_targets(config)
+    model = config.get("model")
+    if isinstance(model, Mapping) and "_target_" in model:
+        _check_model_shape(model)
+    data = config.get("data") or {}
+    for name in ("batch_size", "eval_batch_size"):
+        value = data.get(name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise LmlabError(f"data.{name}={value!r} must be a positive integer; e.g. data.{name}=8")
+    trainer = config.get("trainer") or {}
+    steps = trainer.get("max_steps")
+    if isinstance(steps, int) and (steps == 0 or steps < -1):
+        raise LmlabError(f"trainer.max_steps={steps} must be positive (or -1: max_epochs); e.g. trainer.max_steps=100")
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, int | float) and not isinstance(interval, bool) and interval <= 0:
+        raise LmlabError(f"trainer.val_check_interval={interval} must be positive; e.g. trainer.val_check_interval=100")
+
+
+def _check_model_shape(model: Mapping[str, Any]) -> None:
+    """Build the model config dataclass once (vocabulary size left at its default): its `__post_init__` checks, such
+    as n_embd divisible by n_head, fail now rather than after the data is tokenized."""
+    from hydra.utils import get_object
+
+    try:
+        target = get_object(str(model["_target_"]))
+    except Exception:
+        return
+    if dataclasses.is_dataclass(target):
+        fields = {k: v for k, v in model.items() if k not in HYDRA_KEYS and k != "vocab_size" and k != "family"}
+        target(**fields)
