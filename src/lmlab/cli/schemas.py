@@ -14,6 +14,8 @@ import dataclasses
 import typing
 from typing import Any
 
+from omegaconf import MISSING
+
 SCHEMA_GROUP = "schema"
 """ConfigStore group holding the schemas: `schema/model/gpt`, `schema/tokenizer/char`, ..."""
 
@@ -78,6 +80,60 @@ def schemas() -> dict[str, dict[str, type]]:
     }
 
 
+# Primary configs of the commands that read a checkpoint: their keys and types (values: conf/<command>.yaml).
+
+
+@dataclasses.dataclass
+class GenerateSchema:
+    ckpt: str = MISSING
+    prompt: str | None = MISSING
+    prompt_file: str | None = MISSING
+    max_new_tokens: int = MISSING
+    temperature: float = MISSING
+    top_k: int | None = MISSING
+    top_p: float | None = MISSING
+    repetition_penalty: float = MISSING
+    stop: list[str] = MISSING
+    num_samples: int = MISSING
+    seed: int = MISSING
+    stream: bool | None = MISSING
+    device: str = MISSING
+    chat: bool = MISSING
+    use_cache: bool = MISSING
+
+
+@dataclasses.dataclass
+class EvalSchema:
+    data: Any = None  # a data config group choice (untyped: any data config), or null
+    ckpt: str = MISSING
+    text_file: str | None = MISSING
+    split: str = MISSING
+    batch_size: int | None = MISSING
+    max_tokens: int | None = MISSING
+    device: str = MISSING
+    cache_dir: str = MISSING
+
+
+@dataclasses.dataclass
+class PredictSchema:
+    ckpt: str = MISSING
+    input: str = MISSING
+    output: str = MISSING
+    text_column: str = MISSING
+    batch_size: int = MISSING
+    device: str = MISSING
+
+
+@dataclasses.dataclass
+class ExportSchema:
+    ckpt: str = MISSING
+    format: str = MISSING
+    out: str = MISSING
+    overwrite: bool = MISSING
+
+
+COMMAND_SCHEMAS = {"generate": GenerateSchema, "eval": EvalSchema, "predict": PredictSchema, "export": ExportSchema}
+
 _registered = False
 
 
@@ -92,4 +148,6 @@ def register_schemas() -> None:
     for group, named in schemas().items():
         for name, node in named.items():
             store.store(group=f"{SCHEMA_GROUP}/{group}", name=name, node=node)
+    for name, node in COMMAND_SCHEMAS.items():
+        store.store(group=f"{SCHEMA_GROUP}/command", name=name, node=node)
     _registered = True

@@ -10,6 +10,7 @@ import inspect
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from lmlab.errors import LmlabError
@@ -46,15 +47,29 @@ def check_overrides(command: str, overrides: list[str]) -> None:
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name=command):
             try:
-                compose(command, overrides=plain)
+                cfg = compose(command, overrides=plain, return_hydra_config=True)
             except ConfigCompositionException as err:
                 cause = err.__cause__
                 if isinstance(cause, OmegaConfBaseException):
                     raise LmlabError(composition_message(command, plain, err, cause)) from err
+                raise
+            check_run_dir(cfg, multirun=any(o in ("-m", "--multirun") for o in overrides))
     except LmlabError:
         raise
     except Exception:  # anything else (a missing plugin, a bad sweep): Hydra reports it in its own words
         return
+
+
+def check_run_dir(cfg: Any, multirun: bool) -> None:
+    """The run (or sweep) folder Hydra is about to create must be creatable: Hydra itself fails with a traceback."""
+    from omegaconf import OmegaConf
+
+    from lmlab.io import check_writable
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folder = OmegaConf.select(cfg, key, default=None)
+    if folder and str(folder) != ".":
+        check_writable(Path(str(folder)), key, folder=True)
 
 
 def _plain_overrides(overrides: list[str]) -> list[str] | None:
@@ -91,7 +106,9 @@ def _valid_keys(command: str, overrides: list[str], parent: str) -> list[str]:
     from hydra import compose
     from omegaconf import DictConfig, OmegaConf
 
-    choices = [o for o in overrides if "." not in o.split("=", 1)[0]]
+    from lmlab.cli.configs import config_dir
+
+    choices = [o for o in overrides if (config_dir() / o.split("=", 1)[0].lstrip("+~")).is_dir()]
     try:
         cfg = compose(command, overrides=choices)
     except Exception:
@@ -198,7 +215,8 @@ def _names(kinds: tuple[type, ...]) -> str:
 def check_run_config(config: Mapping[str, Any]) -> None:
     """All checks of a resolved `lmlab train` config that need no data: keys and types of every `_target_` node,
     the model's own shape rules (its config dataclass), batch sizes and the step budget."""
-    check_targets(config)
+    check_targets({"trainer": config.get("trainer") or {}})  # first: other groups interpolate its values
+    check_targets({k: v for k, v in config.items() if k != "trainer"})
     model = config.get("model")
     if isinstance(model, Mapping) and "_target_" in model:
         _check_model_shape(model)
@@ -214,6 +232,10 @@ def check_run_config(config: Mapping[str, Any]) -> None:
     interval = trainer.get("val_check_interval")
     if isinstance(interval, int | float) and not isinstance(interval, bool) and interval <= 0:
         raise LmlabError(f"trainer.val_check_interval={interval} must be positive; e.g. trainer.val_check_interval=100")
+    if config.get("ckpt_path") and isinstance(model, Mapping):
+        from lmlab.checkpoint import check_resume
+
+        check_resume(config["ckpt_path"], dict(model))
 
 
 def _check_model_shape(model: Mapping[str, Any]) -> None:

@@ -109,8 +109,9 @@ def check_logits(loaded: LoadedCheckpoint, folder: Path, batch: int = 2, max_len
 
 
 def _check_destination(out: Path, checkpoint: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise LmlabError(f"out={out} is a file; give a folder path")
+    from lmlab.io import check_writable
+
+    check_writable(out, "out", folder=True)
     if out in checkpoint.parents:
         raise LmlabError(f"out={out} holds the checkpoint being exported; choose another folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
