@@ -116,7 +116,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("initial_validation"):
         trainer.validate(task, datamodule=datamodule, verbose=False)  # logged at step 0
     started = time.perf_counter()
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)  # never unpickle code
     fit_seconds = time.perf_counter() - started
     if trainer.fast_dev_run:
         return {}
