@@ -107,3 +107,17 @@ def test_credentials_never_reach_the_run_directory(tmp_path: Path) -> None:
         assert secret not in result.stdout + result.stderr
         leaks = [p for p in files if secret.encode() in p.read_bytes()]
         assert not leaks, f"{secret[:8]}... written to {leaks}"
+
+
+def test_a_config_holding_a_credential_is_refused(tmp_path: Path, tiny_corpus: Path, monkeypatch) -> None:
+    from omegaconf import OmegaConf
+
+    from lmlab.cli.validate import check_run_config
+    from tests.conftest import compose_train
+
+    monkeypatch.setenv("HF_TOKEN", FAKE["HF_TOKEN"])
+    data = ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]"]
+    cfg = compose_train(tmp_path, [*data, "logger.csv.name=${oc.env:HF_TOKEN}"])
+    with pytest.raises(LmlabError, match=r"logger\.csv\.name holds the value of \$HF_TOKEN; remove it"):
+        check_run_config(OmegaConf.to_container(cfg, resolve=True))
+    check_run_config(OmegaConf.to_container(compose_train(tmp_path, data), resolve=True))  # the token alone is fine

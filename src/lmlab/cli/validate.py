@@ -7,6 +7,8 @@ import contextlib
 import dataclasses
 import difflib
 import inspect
+import os
+import re
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -215,6 +217,7 @@ def _names(kinds: tuple[type, ...]) -> str:
 def check_run_config(config: Mapping[str, Any]) -> None:
     """All checks of a resolved `lmlab train` config that need no data: keys and types of every `_target_` node,
     the model's own shape rules (its config dataclass), batch sizes and the step budget."""
+    check_no_credentials(config)
     check_targets({"trainer": config.get("trainer") or {}})  # first: other groups interpolate its values
     check_targets({k: v for k, v in config.items() if k != "trainer"})
     model = config.get("model")
@@ -250,3 +253,32 @@ def _check_model_shape(model: Mapping[str, Any]) -> None:
     if dataclasses.is_dataclass(target):
         fields = {k: v for k, v in model.items() if k not in HYDRA_KEYS and k != "vocab_size" and k != "family"}
         target(**fields)
+
+
+CREDENTIAL_ENV = re.compile(r"(TOKEN|API_KEY|SECRET|PASSWORD)", re.IGNORECASE)
+"""Environment variables treated as credentials, e.g. WANDB_API_KEY, HF_TOKEN, HUGGING_FACE_HUB_TOKEN."""
+
+
+def check_no_credentials(config: Mapping[str, Any], path: str = "") -> None:
+    """Refuse a config value that holds a credential from the environment (e.g. `${oc.env:WANDB_API_KEY}`): the
+    resolved config is written to the run folder and logged. Libraries read credentials from the environment."""
+    secrets = {name: value for name, value in os.environ.items() if CREDENTIAL_ENV.search(name) and len(value) >= 8}
+    for key, value in _leaves(config, path):
+        for name, secret in secrets.items():
+            if secret in value:
+                raise LmlabError(
+                    f"{key} holds the value of ${name}; remove it from the config (it would be written to the run "
+                    "folder): the libraries read credentials from the environment themselves"
+                )
+
+
+def _leaves(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(key path, text) of every string in a nested config."""
+    if isinstance(node, Mapping):
+        for name, value in node.items():
+            yield from _leaves(value, f"{path}.{name}" if path else str(name))
+    elif isinstance(node, list | tuple):
+        for index, value in enumerate(node):
+            yield from _leaves(value, f"{path}[{index}]")
+    elif isinstance(node, str):
+        yield path, node
