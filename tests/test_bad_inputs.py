@@ -91,6 +91,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         extra_hp={k: classifier.hparams[k] for k in ("num_classes", "label_names", "pooling")},
         extra_state={k: v for k, v in classifier.state_dict().items() if k.startswith("head.")},
     )
+    save_checkpoint(w / "mismatch.ckpt", GPTConfig(**(TINY | {"vocab_size": VOCAB - 5}), n_head=2, n_embd=16))
     data = gpt.read_bytes()
     (w / "truncated.ckpt").write_bytes(data[: len(data) // 2])
     (w / "garbage.ckpt").write_bytes(os.urandom(4096))
@@ -125,20 +126,46 @@ ROWS = [
     Bad("train-unknown-model-key", lambda w: train(w, "model.n_layyer=4"), r"model\.n_layyer .*did you mean n_layer"),
     Bad("train-unknown-optimizer-key", lambda w: train(w, "optimizer.lrr=1"), r"optimizer\.lrr .*did you mean lr"),
     Bad("train-appended-unknown-key", lambda w: train(w, "+model.n_layyer=4"), r"n_layyer .*did you mean n_layer"),
-    Bad("train-tokenizer-type", lambda w: train(w, "tokenizer.special_tokens=3"), r"tokenizer\.special_tokens"),
+    Bad(
+        "train-tokenizer-type",
+        lambda w: train(w, "tokenizer.special_tokens=3"),
+        r"tokenizer\.special_tokens",
+        slow=True,
+    ),
     Bad("train-trainer-type", lambda w: train(w, "trainer.max_steps=many"), r"trainer\.max_steps='many'.*type int"),
-    Bad("train-heads-do-not-divide", lambda w: train(w, "model.n_head=3"), r"not divisible by model\.n_head=3"),
+    Bad(
+        "train-heads-do-not-divide",
+        lambda w: train(w, "model.n_head=3"),
+        r"not divisible by model\.n_head=3",
+        slow=True,
+    ),
     Bad("train-zero-batch", lambda w: train(w, "data.batch_size=0"), r"data\.batch_size=0 must be a positive"),
-    Bad("train-zero-steps", lambda w: train(w, "trainer.max_steps=0"), r"trainer\.max_steps=0 must be positive"),
+    Bad(
+        "train-zero-steps",
+        lambda w: train(w, "trainer.max_steps=0"),
+        r"trainer\.max_steps=0 must be positive",
+        slow=True,
+    ),
     Bad("train-unknown-group-choice", lambda w: train(w, "model=gtp"), r"unknown model 'gtp'; choose one of"),
     # train: data files
     Bad("train-missing-file", lambda w: train(w, data=f"{w}/nope.txt"), r"nope\.txt does not exist"),
     Bad("train-empty-file", lambda w: train(w, data=f"{w}/empty.txt"), r"0 tokens, fewer than block_size"),
-    Bad("train-binary-file", lambda w: train(w, data=f"{w}/binary.bin"), r"binary\.bin"),
+    Bad("train-binary-file", lambda w: train(w, data=f"{w}/binary.bin"), r"binary\.bin", slow=True),
     Bad("train-non-utf8-file", lambda w: train(w, data=f"{w}/latin1.txt"), r"latin1\.txt .*UTF-8"),
     Bad("train-directory-as-file", lambda w: train(w, data=f"{w}/folder"), r"folder"),
-    Bad("train-text-shorter-than-a-window", lambda w: train(w, data=f"{w}/short.txt"), r"block_size|window|short"),
+    Bad(
+        "train-text-shorter-than-a-window",
+        lambda w: train(w, data=f"{w}/short.txt"),
+        r"block_size|window|short",
+        slow=True,
+    ),
     Bad("train-unwritable-run-dir", lambda w: [*train(w), f"hydra.run.dir={w}/a_file/run"], r"a_file"),
+    Bad(
+        "train-val-split-shorter-than-a-window",
+        lambda w: train(w, "model.block_size=1000"),
+        r"validation split .* fewer than block_size\+1=1001; use more text or a smaller model\.block_size",
+    ),
+    Bad("train-optimizer-rejects", lambda w: train(w, "optimizer.lr=-1"), r"optimizer settings rejected by AdamW"),
     Bad("train-init-from-corrupt", lambda w: train(w, f"+task.init_from={w}/garbage.ckpt"), CORRUPT),
     Bad("train-resume-from-truncated", lambda w: train(w, f"ckpt_path={w}/truncated.ckpt"), CORRUPT),
     Bad("train-resume-other-model", lambda w: train(w, f"ckpt_path={w}/lstm.ckpt"), r"lstm.ckpt"),

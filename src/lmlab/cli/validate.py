@@ -94,8 +94,8 @@ def composition_message(command: str, overrides: list[str], err: BaseException, 
         return f"config error: {str(err).splitlines()[0]}: {text}"
     parent, _, name = key.rpartition(".")
     if "not in struct" in text or ("not in" in text and "Key" in text):
-        valid = _valid_keys(command, overrides, parent)
-        where = f"not a setting of {parent}" if parent else "not a top-level setting"
+        valid, kind = _valid_keys(command, overrides, parent)
+        where = f"not a setting of {parent}{f' ({kind})' if kind else ''}" if parent else "not a top-level setting"
         fix = suggestion(name, valid) if valid else "remove it"
         return f"{key} is {where}; {fix}"
     expected = _expected_type(cause)
@@ -103,8 +103,9 @@ def composition_message(command: str, overrides: list[str], err: BaseException, 
     return f"config error at {key}: {text}{fix}"
 
 
-def _valid_keys(command: str, overrides: list[str], parent: str) -> list[str]:
-    """Keys of the node at `parent` in the config composed with only the group choices of `overrides`."""
+def _valid_keys(command: str, overrides: list[str], parent: str) -> tuple[list[str], str | None]:
+    """Keys of the node at `parent` in the config composed with only the group choices of `overrides`, and the name
+    of its schema (e.g. `LSTMConfig`) when it has one."""
     from hydra import compose
     from omegaconf import DictConfig, OmegaConf
 
@@ -114,9 +115,13 @@ def _valid_keys(command: str, overrides: list[str], parent: str) -> list[str]:
     try:
         cfg = compose(command, overrides=choices)
     except Exception:
-        return []
+        return [], None
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    return [str(k) for k in node if str(k) not in HYDRA_KEYS] if isinstance(node, DictConfig) else []
+    if not isinstance(node, DictConfig):
+        return [], None
+    schema = OmegaConf.get_type(node)
+    kind = schema.__name__ if schema is not None and schema is not dict else None
+    return [str(k) for k in node if str(k) not in HYDRA_KEYS], kind
 
 
 def _expected_type(cause: Any) -> str | None:
@@ -223,6 +228,8 @@ def check_run_config(config: Mapping[str, Any]) -> None:
     model = config.get("model")
     if isinstance(model, Mapping) and "_target_" in model:
         _check_model_shape(model)
+    if isinstance(config.get("optimizer"), Mapping):
+        _check_optimizer(config["optimizer"])
     data = config.get("data") or {}
     for name in ("batch_size", "eval_batch_size"):
         value = data.get(name)
@@ -239,6 +246,21 @@ def check_run_config(config: Mapping[str, Any]) -> None:
         from lmlab.checkpoint import check_resume
 
         check_resume(config["ckpt_path"], dict(model))
+
+
+def _check_optimizer(node: Mapping[str, Any]) -> None:
+    """Bind the optimizer to one dummy parameter: its own argument checks (e.g. a negative learning rate) fail now,
+    not after the data is tokenized and the Trainer started."""
+    import torch
+    from hydra.utils import instantiate
+
+    try:
+        factory = instantiate(dict(node))
+        if callable(factory):
+            factory([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as err:
+        target = str(node.get("_target_", "?")).rsplit(".", 1)[-1]
+        raise LmlabError(f"optimizer settings rejected by {target}: {err}; fix them, e.g. optimizer.lr=1e-3") from err
 
 
 def _check_model_shape(model: Mapping[str, Any]) -> None:
