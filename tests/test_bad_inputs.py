@@ -146,6 +146,11 @@ ROWS = [
         r"trainer\.max_steps=0 must be positive",
         slow=True,
     ),
+    Bad(
+        "train-experiment-for-another-model",
+        lambda w: train(w, "experiment=shakespeare_char_gpu", "model=lstm"),
+        r"model\.n_head, set in experiment/shakespeare_char_gpu, is not a setting of model \(LSTMConfig\)",
+    ),
     Bad("train-unknown-group-choice", lambda w: train(w, "model=gtp"), r"unknown model 'gtp'; choose one of"),
     # train: data files
     Bad("train-missing-file", lambda w: train(w, data=f"{w}/nope.txt"), r"nope\.txt does not exist"),

@@ -54,6 +54,8 @@ def check_overrides(command: str, overrides: list[str]) -> None:
                 cause = err.__cause__
                 if isinstance(cause, OmegaConfBaseException):
                     raise LmlabError(composition_message(command, plain, err, cause)) from err
+                if (found := _FILE_KEY_ERROR.search(str(err))) is not None:  # a config file's key, not an override
+                    raise LmlabError(file_key_message(found)) from err
                 raise
             check_run_dir(cfg, multirun=any(o in ("-m", "--multirun") for o in overrides))
     except LmlabError:
@@ -101,6 +103,27 @@ def composition_message(command: str, overrides: list[str], err: BaseException, 
     expected = _expected_type(cause)
     fix = f"; give {key} a value of type {expected}" if expected else ""
     return f"config error at {key}: {text}{fix}"
+
+
+_FILE_KEY_ERROR = re.compile(
+    r"In '(?P<file>[^']+)': \w+ raised while composing config:\s*Key '(?P<name>[^']+)' not in '(?P<kind>[^']+)'"
+    r"\s*full_key: (?P<key>\S+)"
+)
+
+
+def file_key_message(found: re.Match[str]) -> str:
+    """One line for a key set by a config file (e.g. an experiment) that the chosen group's schema lacks."""
+    from lmlab.cli.schemas import schemas
+
+    key, kind = found["key"], found["kind"]
+    schema = next((c for named in schemas().values() for c in named.values() if c.__name__ == kind), None)
+    valid = sorted({f.name for f in dataclasses.fields(schema)} - HYDRA_KEYS) if schema else []
+    fix = suggestion(found["name"], valid) if valid else "remove it"
+    parent = key.rpartition(".")[0]
+    return (
+        f"{key}, set in {found['file']}, is not a setting of {parent} ({kind}); {fix}; or choose a {parent} that has "
+        "it (that config file may be meant for another one)"
+    )
 
 
 def _valid_keys(command: str, overrides: list[str], parent: str) -> tuple[list[str], str | None]:
