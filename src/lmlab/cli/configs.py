@@ -10,7 +10,6 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 import lmlab
-from lmlab.cli.schemas import register_schemas
 from lmlab.errors import LmlabError
 
 _CHOICE = re.compile(r"^[+~]{0,2}(?P<group>[A-Za-z_][\w/]*)(@[\w.]+)?=(?P<value>.*)$")
@@ -42,7 +41,6 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
-register_schemas()  # typed model and tokenizer configs (conf/*/<name>.yaml extend /schema/<group>/<name>)
 
 
 def group_options(group: str) -> list[str]:

@@ -35,12 +35,13 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(f"error: unknown command {args[0]!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
-    from lmlab.cli.configs import check_group_choices  # registers the typed schemas (imports torch): not for --help
-    from lmlab.cli.validate import check_overrides
+    from lmlab.cli.configs import check_group_choices
+    from lmlab.cli.validate import check_overrides, typed_run
 
     try:
         check_group_choices(command, args)
-        check_overrides(command, args)
+        if typed_run(args):
+            check_overrides(command, args)
     except LmlabError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

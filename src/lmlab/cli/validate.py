@@ -28,6 +28,17 @@ def suggestion(name: str, valid: list[str]) -> str:
     return f"{hint}valid keys: {', '.join(sorted(valid))}"
 
 
+def typed_run(args: list[str]) -> bool:
+    """Register the typed schemas for a run, not for `--help`/`--cfg`/`--info`, which must stay fast: the schemas
+    come from the model config dataclasses, whose modules import torch. Without them the configs compose untyped."""
+    if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion") for a in args):
+        return False
+    from lmlab.cli.schemas import register_schemas
+
+    register_schemas()
+    return True
+
+
 # --- compose time -------------------------------------------------------------------------------------------------
 
 
