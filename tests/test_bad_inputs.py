@@ -172,6 +172,11 @@ ROWS = [
     ),
     Bad("train-optimizer-rejects", lambda w: train(w, "optimizer.lr=-1"), r"optimizer settings rejected by AdamW"),
     Bad("train-init-from-corrupt", lambda w: train(w, f"+task.init_from={w}/garbage.ckpt"), CORRUPT),
+    Bad(
+        "train-init-from-with-another-tokenizer",
+        lambda w: train(w, f"+task.init_from={w}/gpt.ckpt", "tokenizer=bpe"),
+        r"takes the model and tokenizer from .*gpt\.ckpt .*drop .*tokenizer=bpe",
+    ),
     Bad("train-resume-from-truncated", lambda w: train(w, f"ckpt_path={w}/truncated.ckpt"), CORRUPT),
     Bad("train-resume-other-model", lambda w: train(w, f"ckpt_path={w}/lstm.ckpt"), r"lstm.ckpt"),
     # generate
