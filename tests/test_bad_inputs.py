@@ -2,7 +2,8 @@
 exit, and every file written before it untouched.
 
 To add a row, append a `Bad(...)` to `ROWS`: an id, the command line (a function of the workspace, a folder of
-ready-made good and bad files and checkpoints), and a regular expression the error line must match. Rows run
+ready-made good and bad files and checkpoints), a regular expression the error line must match, and optionally
+`env={...}` (environment variables for that row). Rows run
 in-process through `lmlab.cli.main.main` (fast); a row marked `slow=True` runs `python -m lmlab` in a subprocess
 and is deselected by default (`pytest -m slow` runs it).
 """
@@ -41,6 +42,8 @@ class Bad:
     """Regular expression searched in the one error line (after `error: `)."""
     slow: bool = False
     """Run in a subprocess, deselected by default."""
+    env: dict[str, str] | None = None
+    """Environment variables for this row (e.g. an unreachable W&B host)."""
 
 
 # --- the workspace: good and bad files, written once per module ----------------------------------------------------
@@ -304,11 +307,13 @@ def params() -> list:
 
 
 @pytest.mark.parametrize("row", params())
-def test_bad_input_is_one_line_and_harmless(row: Bad, workspace: Path) -> None:
+def test_bad_input_is_one_line_and_harmless(row: Bad, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     argv = row.argv(workspace)
     before = file_hashes(workspace)
+    for name, value in (row.env or {}).items():
+        monkeypatch.setenv(name, value)
     if row.slow:
-        result = run_cli(*argv, cwd=workspace)
+        result = run_cli(*argv, cwd=workspace, env=row.env)
         code, stderr = result.returncode, result.stderr
     else:
         code, stderr = run_in_process(argv)
