@@ -10,6 +10,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from lmlab.cli.configs import config_dir
+from lmlab.cli.schemas import register_schemas
+
+register_schemas()  # typed configs, as `lmlab <command>` composes them
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")

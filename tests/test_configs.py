@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from lmlab.cli.configs import config_dir, group_options
 from lmlab.cli.train import build_datamodule, build_task, build_trainer, use_starting_point
+from lmlab.cli.validate import check_run_config
 from lmlab.data import ClassificationDataModule, LMDataModule
 from lmlab.errors import LmlabError
 from lmlab.tasks import ModelTask
@@ -33,6 +34,7 @@ def test_group_folders_are_the_documented_ones() -> None:
 def instantiate_all(cfg) -> None:
     """Build every component the way `lmlab train` does; a CUDA profile must refuse a CPU-only machine."""
     use_starting_point(cfg)  # task.init_from: model and tokenizer from a checkpoint
+    check_run_config(OmegaConf.to_container(cfg, resolve=True))  # keys and types against every target's signature
     datamodule = build_datamodule(cfg)
     assert isinstance(datamodule, LMDataModule | ClassificationDataModule)
     task = build_task(cfg, datamodule.tokenizer, datamodule)

@@ -168,7 +168,7 @@ def test_bad_prompts_are_one_line_errors(runs, tmp_path, capsys) -> None:
         "chat=true": "needs a chat template",
         "prompt='Citizen é中é'": "the prompt has characters the model's tokenizer does not know: 'é', '中'; remove",
         "temperature=-1": "temperature=-1",
-        "top_p=0": "top_p=0 must lie in (0, 1]",
+        "top_p=0": "top_p=0.0 must lie in (0, 1]",  # typed: float
         "top_p=1.5": "top_p=1.5 must lie in (0, 1]",
         "device=tpu": "device='tpu' is unknown",
     }

@@ -61,7 +61,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = resolve_checkpoint(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LmlabError(f"cannot read checkpoint {path} ({first[:120]}); it may be truncated or corrupt") from err
     if not isinstance(checkpoint, dict) or "lmlab" not in checkpoint or "state_dict" not in checkpoint:
@@ -83,12 +83,56 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         message = f"the weights in {file} do not fit a {config.family} of the saved shape; is the file corrupt?"
         raise LmlabError(message) from err
     meta = checkpoint["lmlab"]
+    tokenizer = tokenizer_from_dict(meta["tokenizer"])
+    check_vocabulary(file, tokenizer, config)
     return LoadedCheckpoint(
         path=file,
         model_config=config,
         model=model.to(device).eval(),
-        tokenizer=tokenizer_from_dict(meta["tokenizer"]),
+        tokenizer=tokenizer,
         run_config=meta.get("config", {}),
         hyper_parameters=checkpoint["hyper_parameters"],
         global_step=int(checkpoint.get("global_step", 0)),
     )
+
+
+def check_vocabulary(path: Path, tokenizer: Tokenizer, config: ModelConfig) -> None:
+    """The tokenizer must not produce ids the model has no embedding for (a mismatched or edited checkpoint)."""
+    model_vocab = getattr(config, "vocab_size", None)
+    if model_vocab and tokenizer.vocab_size > model_vocab:
+        raise LmlabError(
+            f"{path}: its tokenizer has {tokenizer.vocab_size} tokens but the model only {model_vocab}; the tokenizer "
+            "does not belong to this model: use the checkpoint that lmlab train wrote with it"
+        )
+
+
+def check_resume(path: str | Path, model: dict[str, Any]) -> None:
+    """`ckpt_path`: the checkpoint must load and hold the model this run builds (same family and shape); `model` is
+    the run's resolved model config node (`_target_` + fields)."""
+    file = resolve_checkpoint(path)
+    saved = read_checkpoint(file)["hyper_parameters"].get("model", {})
+    family = getattr(_import(str(model.get("_target_", ""))), "family", None)
+    if family is None:
+        return
+    if saved.get("family") != family:
+        raise LmlabError(
+            f"ckpt_path={file} holds a {saved.get('family', '?')} model but this run builds a {family}; "
+            "resume with the model config it was trained with, or drop ckpt_path"
+        )
+    for key, value in model.items():
+        if key in saved and key not in ("vocab_size", "dropout") and saved[key] != value:
+            raise LmlabError(
+                f"ckpt_path={file} was trained with model.{key}={saved[key]}, this run sets {value}; "
+                f"set model.{key}={saved[key]} or drop ckpt_path"
+            )
+
+
+def _import(target: str) -> Any:
+    """The object a dotted `_target_` path names, or None."""
+    import importlib
+
+    module, _, name = target.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None

@@ -119,8 +119,9 @@ def read_texts(path: str | Path, text_column: str = "text") -> list[str]:
     """Texts to classify: a .txt file gives one per non-empty line; CSV/TSV/JSON Lines give their `text_column`."""
     path = Path(path).expanduser()
     if path.suffix.lower() == ".txt":
-        return [line for line in read_text_file(path, "input").splitlines() if line.strip()]
-    texts = column(read_records(path, "input"), text_column, path, "text_column")
+        texts = [line for line in read_text_file(path, "input").splitlines() if line.strip()]
+    else:
+        texts = column(read_records(path, "input"), text_column, path, "text_column")
     if not texts:
         raise LmlabError(f"{path} holds no texts; give at least one")
     return texts
@@ -143,14 +144,28 @@ def read_labeled(
     return texts, [index[v] for v in values]
 
 
+OUTPUT_KINDS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+
+
+def check_output(path: str | Path) -> Path:
+    """The predictions file: a known extension, in a folder that can be written (checked before any work)."""
+    from lmlab.io import check_writable
+
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in OUTPUT_KINDS:
+        raise LmlabError(f"output {path} has an unknown extension; give a .csv or .jsonl file")
+    check_writable(path, "output")
+    if path.is_dir():
+        raise LmlabError(f"output={path} is a folder; give a .csv or .jsonl file path")
+    return path
+
+
 def write_predictions(path: str | Path, texts: Sequence[str], probs: torch.Tensor, label_names: Sequence[str]) -> Path:
     """One row per text: the text, predicted label id and name, and each class probability (CSV or JSON Lines)."""
     from lmlab.io import atomic_write_text
 
-    path = Path(path).expanduser()
-    kind = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower())
-    if kind is None:
-        raise LmlabError(f"output {path} has an unknown extension; give a .csv or .jsonl file")
+    path = check_output(path)
+    kind = OUTPUT_KINDS[path.suffix.lower()]
     rows = []
     for text, p in zip(texts, probs.tolist(), strict=True):
         label = max(range(len(p)), key=p.__getitem__)

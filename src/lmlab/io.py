@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lmlab.errors import LmlabError
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -22,6 +24,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_writable(path: str | Path, key: str, folder: bool = False) -> None:
+    """Refuse, before any work, a destination that cannot be written: the nearest existing folder above `path` must
+    be a writable folder (and `path` itself, when it exists and `folder` is asked for, a folder). `key` names the
+    setting in the message, e.g. `output`."""
+    path = Path(path).expanduser().absolute()
+    if folder and path.exists() and not path.is_dir():
+        raise LmlabError(f"{key}={path} is a file; give a folder path")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise LmlabError(f"{key}={path} cannot be created: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise LmlabError(f"{key}={path} cannot be created: {parent} is not writable; choose a writable folder")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

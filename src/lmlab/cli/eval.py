@@ -254,6 +254,9 @@ def evaluate(cfg: DictConfig) -> Evaluation:
     from lmlab.checkpoint import load_checkpoint
     from lmlab.hardware import pick_device
 
+    for key in ("batch_size", "max_tokens"):
+        if cfg[key] is not None and int(cfg[key]) < 1:
+            raise LmlabError(f"{key}={cfg[key]} must be a positive integer (or null for the default)")
     device = pick_device(str(cfg.device))
     loaded = load_checkpoint(cfg.ckpt, device)
     evaluator = evaluator_for(loaded)

@@ -151,6 +151,12 @@ def generate(cfg: DictConfig) -> list[Completion]:
     texts = read_prompts(cfg.prompt, cfg.prompt_file)
     loaded = load_checkpoint(cfg.ckpt, pick_device(str(cfg.device)))
     require_causal(loaded.model_config)
+    if loaded.task_target and not loaded.task_target.endswith("CausalLMTask"):
+        task = loaded.task_target.rsplit(".", 1)[-1]
+        raise LmlabError(
+            f"{loaded.path} was trained by {task}, not as a language model, so it cannot generate text; "
+            "give a checkpoint of task=causal_lm (a classifier predicts with: lmlab predict)"
+        )
     prompts: list[str | list[int]] = list(texts)
     if cfg.chat:
         prompts, texts, config = chat_inputs(loaded.tokenizer, texts, config)

@@ -6,7 +6,6 @@ import importlib
 import os
 import sys
 
-from lmlab.cli.configs import check_group_choices
 from lmlab.errors import LmlabError
 
 COMMANDS = {
@@ -42,8 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(f"error: unknown command {args[0]!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
+    from lmlab.cli.configs import check_group_choices
+    from lmlab.cli.validate import check_overrides, typed_run
+
     try:
         check_group_choices(command, args)
+        if typed_run(args):
+            check_overrides(command, args)
     except LmlabError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from lmlab.cli.configs import config_dir
 from lmlab.cli.runner import reports_errors
+from lmlab.errors import LmlabError
 
 log = logging.getLogger("lmlab")
 
@@ -18,9 +19,12 @@ def predict(cfg: DictConfig) -> Path:
     """Load the classifier, predict every input in batches, write the predictions; return the output path."""
     from rich.console import Console
 
-    from lmlab.classify import load_classifier, predict_probs, read_texts, write_predictions
+    from lmlab.classify import check_output, load_classifier, predict_probs, read_texts, write_predictions
     from lmlab.hardware import pick_device
 
+    if int(cfg.batch_size) < 1:
+        raise LmlabError(f"batch_size={cfg.batch_size} must be a positive integer; e.g. batch_size=64")
+    check_output(cfg.output)  # before the work, not after
     texts = read_texts(cfg.input, cfg.text_column)
     classifier = load_classifier(cfg.ckpt, pick_device(str(cfg.device)))
     probs = predict_probs(classifier, texts, int(cfg.batch_size))

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmlab.cli.configs import config_dir
 from lmlab.cli.runner import build_group, instantiate_config, reports_errors
+from lmlab.cli.validate import check_run_config
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -123,6 +124,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     use_starting_point(cfg)
     name_tracking_runs(cfg)  # W&B run name = the overrides, group = the sweep
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    check_run_config(resolved)  # keys, types and cross-field checks before any compute
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = build_datamodule(cfg)
@@ -139,7 +141,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("initial_validation"):
         trainer.validate(task, datamodule=datamodule, verbose=False)  # logged at step 0
     started = time.perf_counter()
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)  # never unpickle code
     fit_seconds = time.perf_counter() - started
     if trainer.fast_dev_run:
         return {}

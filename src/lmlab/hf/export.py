@@ -83,7 +83,7 @@ def gpt_to_transformers(model: GPT, special_ids: dict[str, int] | None = None) -
     from transformers import AutoModelForCausalLM
 
     converted = convert_gpt(model, special_ids or {})
-    hf_model = AutoModelForCausalLM.from_config(converted.config).eval()
+    hf_model = AutoModelForCausalLM.from_config(converted.config, trust_remote_code=False).eval()
     missing, unexpected = hf_model.load_state_dict(converted.state_dict, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"export mapping does not fit {converted.description}: {missing=} {unexpected=}")
@@ -94,7 +94,9 @@ def check_logits(loaded: LoadedCheckpoint, folder: Path, batch: int = 2, max_len
     """Load `folder` with Transformers, compare its float32 logits with lmlab's; refuse a mismatch."""
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True).eval()
+    hf = AutoModelForCausalLM.from_pretrained(
+        str(folder), dtype=torch.float32, local_files_only=True, trust_remote_code=False
+    ).eval()
     model = loaded.model.float().eval()
     vocab = loaded.model_config.vocab_size
     T = min(loaded.model_config.block_size, max_len)
@@ -109,8 +111,9 @@ def check_logits(loaded: LoadedCheckpoint, folder: Path, batch: int = 2, max_len
 
 
 def _check_destination(out: Path, checkpoint: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise LmlabError(f"out={out} is a file; give a folder path")
+    from lmlab.io import check_writable
+
+    check_writable(out, "out", folder=True)
     if out in checkpoint.parents:
         raise LmlabError(f"out={out} holds the checkpoint being exported; choose another folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:

@@ -85,7 +85,7 @@ def check_hf_tokenizer(tokenizer: Tokenizer, folder: Path) -> None:
     """Refuse an exported tokenizer whose ids or decoded text differ from lmlab's."""
     from transformers import AutoTokenizer
 
-    hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     text = sample_text(tokenizer)
     ids = tokenizer.encode(text)
     if hf(text, add_special_tokens=False, verbose=False)["input_ids"] != ids:  # verbose: no "longer than max" note

@@ -199,6 +199,8 @@ class HFTokenizerConfig:
 
     name_or_path: str
     """A folder with tokenizer.json, a tokenizer.json file, a .gguf file, or a hub id."""
+    trust_remote_code: bool = False
+    """Let Transformers run code shipped with a model (only a .gguf file goes through Transformers here)."""
 
     def local_file(self) -> Path | None:
         """The tokenizer.json this config names on disk, or None when it names a hub id."""
@@ -219,7 +221,7 @@ class HFTokenizerConfig:
         """Read the tokenizer from disk, or from the hub when `name_or_path` is not a local path."""
         path = self.local_file()
         if path is not None and path.suffix == ".gguf":
-            return _gguf_tokenizer(path)
+            return _gguf_tokenizer(path, self.trust_remote_code)
         if path is not None:
             template, tokens = read_chat_template(path) if path.name == "tokenizer.json" else (None, {})
             try:
@@ -253,12 +255,14 @@ class HFTokenizerConfig:
         return self.load()
 
 
-def _gguf_tokenizer(path: Path) -> HFTokenizer:
+def _gguf_tokenizer(path: Path, trust_remote_code: bool = False) -> HFTokenizer:
     """The tokenizer stored in a GGUF model file, converted to tokenizer.json form by transformers."""
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(path.parent), gguf_file=path.name, local_files_only=True, trust_remote_code=trust_remote_code
+        )
     except Exception as err:
         raise LmlabError(f"cannot read the tokenizer of {path}: {_one_line(err)}; give a GGUF model file") from err
     chat_tokens = {name: str(getattr(tokenizer, name)) for name in TEMPLATE_TOKENS if getattr(tokenizer, name, None)}

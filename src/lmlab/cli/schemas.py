@@ -1,0 +1,153 @@
+"""Typed config schemas: each model and tokenizer config dataclass, registered in Hydra's ConfigStore.
+
+A config file extends its schema in its defaults list (`- /schema/model/gpt@_here_`), so Hydra checks every value's
+type and refuses keys the dataclass does not have while it composes, before anything runs. The schemas are made
+from the dataclasses themselves (their fields plus `_target_`): the dataclass stays the one source of truth.
+
+Groups whose targets take open-ended or heavy-to-import arguments (data, task, optimizer, scheduler, trainer,
+callbacks, loggers) are checked against their targets' signatures before training instead (`lmlab.cli.validate`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+from omegaconf import MISSING
+
+SCHEMA_GROUP = "schema"
+"""ConfigStore group holding the schemas: `schema/model/gpt`, `schema/tokenizer/char`, ..."""
+
+
+RUNTIME_FIELDS = ("vocab_size",)
+"""Fields the CLI fills in at run time (from the tokenizer): null in the composed config, not a made-up default."""
+
+
+def schema_of(cls: type, target: str | None = None) -> type:
+    """A dataclass with `_target_` (defaulting to `target`, else the class path) and every field of `cls`.
+
+    Field types are resolved (the models use postponed annotations) so OmegaConf can check values against them.
+    """
+    hints = typing.get_type_hints(cls)
+    fields: list[tuple[str, Any, Any]] = [("_target_", str, dataclasses.field(default=target or _path(cls)))]
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        default: Any
+        if f.default is not dataclasses.MISSING:
+            default = dataclasses.field(default=f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = dataclasses.field(default_factory=f.default_factory)
+        else:
+            default = dataclasses.field(default="???")  # must be given in the config file
+        kind = hints[f.name]
+        if f.name in RUNTIME_FIELDS:
+            kind, default = kind | None, dataclasses.field(default=None)
+        fields.append((f.name, kind, default))
+    return dataclasses.make_dataclass(cls.__name__, fields)
+
+
+def _path(cls: type) -> str:
+    """`lmlab.models.GPTConfig` style import path of a class, using the shortest public module that exports it."""
+    package = cls.__module__.rsplit(".", 1)[0]
+    module = __import__(package, fromlist=[cls.__name__])
+    public = getattr(module, cls.__name__, None) is cls
+    return f"{package if public else cls.__module__}.{cls.__name__}"
+
+
+def schemas() -> dict[str, dict[str, type]]:
+    """Schema dataclasses by group and name."""
+    from lmlab import models, tokenizers
+    from lmlab.models.ngram import NGramConfig
+
+    model_classes = {
+        "gpt": models.GPTConfig,
+        "bert": models.BertConfig,
+        "lstm": models.LSTMConfig,
+        "ngram": NGramConfig,
+        "hf_causal": models.HFCausalConfig,
+        "hf_encoder": models.HFEncoderConfig,
+    }
+    tokenizer_classes = {
+        "char": tokenizers.CharTokenizerConfig,
+        "bpe": tokenizers.BPETokenizerConfig,
+        "hf": tokenizers.HFTokenizerConfig,
+    }
+    return {
+        "model": {name: schema_of(cls) for name, cls in model_classes.items()},
+        "tokenizer": {name: schema_of(cls) for name, cls in tokenizer_classes.items()},
+    }
+
+
+# Primary configs of the commands that read a checkpoint: their keys and types (values: conf/<command>.yaml).
+
+
+@dataclasses.dataclass
+class GenerateSchema:
+    ckpt: str = MISSING
+    prompt: str | None = MISSING
+    prompt_file: str | None = MISSING
+    max_new_tokens: int = MISSING
+    temperature: float = MISSING
+    top_k: int | None = MISSING
+    top_p: float | None = MISSING
+    repetition_penalty: float = MISSING
+    stop: list[str] = MISSING
+    num_samples: int = MISSING
+    seed: int = MISSING
+    stream: bool | None = MISSING
+    device: str = MISSING
+    chat: bool = MISSING
+    use_cache: bool = MISSING
+
+
+@dataclasses.dataclass
+class EvalSchema:
+    data: Any = None  # a data config group choice (untyped: any data config), or null
+    ckpt: str = MISSING
+    text_file: str | None = MISSING
+    split: str = MISSING
+    batch_size: int | None = MISSING
+    max_tokens: int | None = MISSING
+    device: str = MISSING
+    cache_dir: str = MISSING
+
+
+@dataclasses.dataclass
+class PredictSchema:
+    ckpt: str = MISSING
+    input: str = MISSING
+    output: str = MISSING
+    text_column: str = MISSING
+    batch_size: int = MISSING
+    device: str = MISSING
+
+
+@dataclasses.dataclass
+class ExportSchema:
+    ckpt: str = MISSING
+    format: str = MISSING
+    out: str = MISSING
+    overwrite: bool = MISSING
+
+
+COMMAND_SCHEMAS = {"generate": GenerateSchema, "eval": EvalSchema, "predict": PredictSchema, "export": ExportSchema}
+
+_registered = False
+
+
+def register_schemas() -> None:
+    """Store every schema in Hydra's ConfigStore (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for group, named in schemas().items():
+        for name, node in named.items():
+            store.store(group=f"{SCHEMA_GROUP}/{group}", name=name, node=node)
+    for name, node in COMMAND_SCHEMAS.items():
+        store.store(group=f"{SCHEMA_GROUP}/command", name=name, node=node)
+    _registered = True

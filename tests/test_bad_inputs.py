@@ -1,0 +1,332 @@
+"""Bad input across every command: each row must end in ONE `error: ...` line on stderr (no traceback), a non-zero
+exit, and every file written before it untouched.
+
+To add a row, append a `Bad(...)` to `ROWS`: an id, the command line (a function of the workspace, a folder of
+ready-made good and bad files and checkpoints), a regular expression the error line must match, and optionally
+`env={...}` (environment variables for that row). Rows run
+in-process through `lmlab.cli.main.main` (fast); a row marked `slow=True` runs `python -m lmlab` in a subprocess
+and is deselected by default (`pytest -m slow` runs it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import logging
+import os
+import re
+from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmlab.cli.main import COMMAND_ENV, main
+from lmlab.models import BertConfig, GPTConfig, LSTMConfig, NGramConfig, build_model, model_config_to_dict
+from lmlab.tasks import ClassificationTask
+from lmlab.tokenizers import CharTokenizerConfig
+from tests.conftest import TINY_TEXT
+from tests.test_cli import run_cli
+
+
+@dataclass(frozen=True)
+class Bad:
+    """One bad input: the command line given the workspace, and the error line it must produce."""
+
+    id: str
+    argv: Callable[[Path], list[str]]
+    error: str
+    """Regular expression searched in the one error line (after `error: `)."""
+    slow: bool = False
+    """Run in a subprocess, deselected by default."""
+    env: dict[str, str] | None = None
+    """Environment variables for this row (e.g. an unreachable W&B host)."""
+
+
+# --- the workspace: good and bad files, written once per module ----------------------------------------------------
+
+
+def save_checkpoint(path: Path, config, task: str = "lmlab.tasks.CausalLMTask", extra_hp: dict | None = None,
+                    extra_state: dict | None = None, tokenizer=None) -> Path:  # fmt: skip
+    """A self-describing checkpoint as `lmlab train` writes it (untrained weights, a char tokenizer)."""
+    tokenizer = tokenizer or CharTokenizerConfig(["<mask>", "<pad>"]).train([TINY_TEXT])
+    torch.manual_seed(0)
+    model = build_model(config)
+    state = {f"model.{k}": v for k, v in model.state_dict().items()} | (extra_state or {})
+    checkpoint = {
+        "state_dict": state,
+        "hyper_parameters": {"model": model_config_to_dict(config), "weight_decay": 0.1} | (extra_hp or {}),
+        "lmlab": {"tokenizer": tokenizer.to_dict(), "config": {"task": {"_target_": task}}},
+        "global_step": 3,
+    }
+    torch.save(checkpoint, path)
+    return path
+
+
+VOCAB = CharTokenizerConfig(["<mask>", "<pad>"]).train([TINY_TEXT]).vocab_size
+TINY = {"vocab_size": VOCAB, "block_size": 16, "n_layer": 1}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    w = tmp_path_factory.mktemp("bad_inputs")
+    (w / "corpus.txt").write_text(TINY_TEXT, encoding="utf-8")
+    (w / "empty.txt").write_bytes(b"")
+    (w / "binary.bin").write_bytes(bytes(range(256)) * 8)
+    (w / "latin1.txt").write_bytes("Der Bär läuft über die Straße.\n".encode("latin-1") * 50)
+    (w / "short.txt").write_text("To be.\n", encoding="utf-8")
+    (w / "folder").mkdir()
+    (w / "folder" / "note.txt").write_text("a file inside a folder\n", encoding="utf-8")
+    (w / "a_file").write_text("not a folder\n", encoding="utf-8")
+    (w / "texts.txt").write_text("a fine film\na dull film\n", encoding="utf-8")
+    gpt = save_checkpoint(w / "gpt.ckpt", GPTConfig(**TINY, n_head=2, n_embd=16))
+    save_checkpoint(w / "lstm.ckpt", LSTMConfig(**TINY, n_embd=16, n_hidden=16))
+    save_checkpoint(w / "ngram.ckpt", NGramConfig(vocab_size=VOCAB, block_size=16, order=2))
+    save_checkpoint(w / "bert.ckpt", BertConfig(**TINY, n_head=2, n_embd=16), task="lmlab.tasks.MaskedLMTask")
+    classifier = ClassificationTask(GPTConfig(**TINY, n_head=2, n_embd=16), label_names=["neg", "pos"])
+    save_checkpoint(
+        w / "classifier.ckpt",
+        GPTConfig(**TINY, n_head=2, n_embd=16),
+        task="lmlab.tasks.ClassificationTask",
+        extra_hp={k: classifier.hparams[k] for k in ("num_classes", "label_names", "pooling")},
+        extra_state={k: v for k, v in classifier.state_dict().items() if k.startswith("head.")},
+    )
+    save_checkpoint(w / "mismatch.ckpt", GPTConfig(**(TINY | {"vocab_size": VOCAB - 5}), n_head=2, n_embd=16))
+    data = gpt.read_bytes()
+    (w / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    (w / "garbage.ckpt").write_bytes(os.urandom(4096))
+    (w / "empty.ckpt").write_bytes(b"")
+    torch.save({"weights": torch.zeros(3)}, w / "foreign.ckpt")  # a torch file, not an lmlab checkpoint
+    (w / "no_ckpt_run").mkdir()
+    (w / "export_done").mkdir()
+    (w / "export_done" / "config.json").write_text("{}", encoding="utf-8")  # an earlier export
+    (w / "predictions.csv").write_text("text,label\nkept,pos\n", encoding="utf-8")
+    return w
+
+
+RUN_NUMBER = itertools.count()
+
+
+def train(w: Path, *overrides: str, data: str | None = None) -> list[str]:
+    """`lmlab train` on the tiny corpus (or `data`), tiny sizes, its run folder inside the workspace."""
+    corpus = data or str(w / "corpus.txt")
+    return ["train", "data=text_files", f"data.corpus.paths=[{corpus}]", "model.n_layer=1", "model.n_head=2",
+            "model.n_embd=16", "model.block_size=16", "trainer.max_steps=2", "trainer.val_check_interval=1",
+            "logger=csv", "callbacks=none", "sample.max_new_tokens=4", f"paths.cache_dir={w}/cache",
+            f"hydra.run.dir={w}/runs/{next(RUN_NUMBER)}", *overrides]  # fmt: skip
+
+
+# --- the table -------------------------------------------------------------------------------------------------------
+
+CORRUPT = r"cannot read checkpoint .* it may be truncated or corrupt"
+
+ROWS = [
+    # train: config types, unknown keys, impossible shapes
+    Bad("train-wrong-type", lambda w: train(w, "model.n_layer=abc"), r"model\.n_layer.*type int"),
+    Bad("train-unknown-model-key", lambda w: train(w, "model.n_layyer=4"), r"model\.n_layyer .*did you mean n_layer"),
+    Bad("train-unknown-optimizer-key", lambda w: train(w, "optimizer.lrr=1"), r"optimizer\.lrr .*did you mean lr"),
+    Bad("train-appended-unknown-key", lambda w: train(w, "+model.n_layyer=4"), r"n_layyer .*did you mean n_layer"),
+    Bad(
+        "train-tokenizer-type",
+        lambda w: train(w, "tokenizer.special_tokens=3"),
+        r"tokenizer\.special_tokens",
+        slow=True,
+    ),
+    Bad("train-trainer-type", lambda w: train(w, "trainer.max_steps=many"), r"trainer\.max_steps='many'.*type int"),
+    Bad(
+        "train-heads-do-not-divide",
+        lambda w: train(w, "model.n_head=3"),
+        r"not divisible by model\.n_head=3",
+        slow=True,
+    ),
+    Bad("train-zero-batch", lambda w: train(w, "data.batch_size=0"), r"data\.batch_size=0 must be a positive"),
+    Bad(
+        "train-zero-steps",
+        lambda w: train(w, "trainer.max_steps=0"),
+        r"trainer\.max_steps=0 must be positive",
+        slow=True,
+    ),
+    Bad(
+        "train-experiment-for-another-model",
+        lambda w: train(w, "experiment=shakespeare_char_gpu", "model=lstm"),
+        r"model\.n_head, set in experiment/shakespeare_char_gpu, is not a setting of model \(LSTMConfig\)",
+    ),
+    Bad("train-unknown-group-choice", lambda w: train(w, "model=gtp"), r"unknown model 'gtp'; choose one of"),
+    # train: data files
+    Bad("train-missing-file", lambda w: train(w, data=f"{w}/nope.txt"), r"nope\.txt does not exist"),
+    Bad("train-empty-file", lambda w: train(w, data=f"{w}/empty.txt"), r"0 tokens, fewer than block_size"),
+    Bad("train-binary-file", lambda w: train(w, data=f"{w}/binary.bin"), r"binary\.bin", slow=True),
+    Bad("train-non-utf8-file", lambda w: train(w, data=f"{w}/latin1.txt"), r"latin1\.txt .*UTF-8"),
+    Bad("train-directory-as-file", lambda w: train(w, data=f"{w}/folder"), r"folder"),
+    Bad(
+        "train-text-shorter-than-a-window",
+        lambda w: train(w, data=f"{w}/short.txt"),
+        r"block_size|window|short",
+        slow=True,
+    ),
+    Bad("train-unwritable-run-dir", lambda w: [*train(w), f"hydra.run.dir={w}/a_file/run"], r"a_file"),
+    Bad(
+        "train-val-split-shorter-than-a-window",
+        lambda w: train(w, "model.block_size=1000"),
+        r"validation split .* fewer than block_size\+1=1001; use more text or a smaller model\.block_size",
+    ),
+    Bad("train-optimizer-rejects", lambda w: train(w, "optimizer.lr=-1"), r"optimizer settings rejected by AdamW"),
+    Bad("train-init-from-corrupt", lambda w: train(w, f"+task.init_from={w}/garbage.ckpt"), CORRUPT),
+    Bad(
+        "train-init-from-with-another-tokenizer",
+        lambda w: train(w, f"+task.init_from={w}/gpt.ckpt", "tokenizer=bpe"),
+        r"takes the model and tokenizer from .*gpt\.ckpt .*drop .*tokenizer=bpe",
+    ),
+    Bad("train-resume-from-truncated", lambda w: train(w, f"ckpt_path={w}/truncated.ckpt"), CORRUPT),
+    Bad("train-resume-other-model", lambda w: train(w, f"ckpt_path={w}/lstm.ckpt"), r"lstm.ckpt"),
+    # generate
+    Bad("generate-missing-ckpt", lambda w: ["generate", f"ckpt={w}/nope.ckpt"], r"nope\.ckpt does not exist"),
+    Bad("generate-empty-ckpt", lambda w: ["generate", f"ckpt={w}/empty.ckpt"], CORRUPT),
+    Bad("generate-garbage-ckpt", lambda w: ["generate", f"ckpt={w}/garbage.ckpt"], CORRUPT),
+    Bad("generate-truncated-ckpt", lambda w: ["generate", f"ckpt={w}/truncated.ckpt"], CORRUPT),
+    Bad("generate-foreign-ckpt", lambda w: ["generate", f"ckpt={w}/foreign.ckpt"], r"not an lmlab checkpoint"),
+    Bad("generate-run-without-ckpt", lambda w: ["generate", f"ckpt={w}/no_ckpt_run"], r"holds no checkpoint"),
+    Bad("generate-encoder-ckpt", lambda w: ["generate", f"ckpt={w}/bert.ckpt"], r"bert"),
+    Bad("generate-classifier-ckpt", lambda w: ["generate", f"ckpt={w}/classifier.ckpt"], r"classif"),
+    Bad(
+        "generate-binary-prompts",
+        lambda w: ["generate", f"ckpt={w}/gpt.ckpt", f"prompt_file={w}/binary.bin"],
+        r"not UTF-8",
+    ),
+    Bad(
+        "generate-prompts-directory", lambda w: ["generate", f"ckpt={w}/gpt.ckpt", f"prompt_file={w}/folder"], r"folder"
+    ),
+    Bad(
+        "generate-wrong-type",
+        lambda w: ["generate", f"ckpt={w}/gpt.ckpt", "max_new_tokens=lots"],
+        r"max_new_tokens.*type int",
+    ),
+    Bad(
+        "generate-unknown-key",
+        lambda w: ["generate", f"ckpt={w}/gpt.ckpt", "temprature=0.5"],
+        r"temprature .*did you mean temperature",
+    ),
+    # eval
+    Bad("eval-missing-text", lambda w: ["eval", f"ckpt={w}/gpt.ckpt", f"text_file={w}/nope.txt"], r"does not exist"),
+    Bad("eval-non-utf8-text", lambda w: ["eval", f"ckpt={w}/gpt.ckpt", f"text_file={w}/latin1.txt"], r"UTF-8"),
+    Bad("eval-directory-text", lambda w: ["eval", f"ckpt={w}/gpt.ckpt", f"text_file={w}/folder"], r"folder"),
+    Bad("eval-short-text", lambda w: ["eval", f"ckpt={w}/gpt.ckpt", f"text_file={w}/short.txt"], r"block_size"),
+    Bad(
+        "eval-zero-batch",
+        lambda w: ["eval", f"ckpt={w}/gpt.ckpt", f"text_file={w}/corpus.txt", "batch_size=0"],
+        r"batch_size",
+    ),
+    Bad("eval-corrupt-ckpt", lambda w: ["eval", f"ckpt={w}/truncated.ckpt"], CORRUPT),
+    # predict
+    Bad(
+        "predict-lm-ckpt",
+        lambda w: ["predict", f"ckpt={w}/gpt.ckpt", f"input={w}/texts.txt", f"output={w}/p.csv"],
+        r"not a classifier",
+    ),
+    Bad(
+        "predict-missing-input",
+        lambda w: ["predict", f"ckpt={w}/classifier.ckpt", f"input={w}/nope.txt", f"output={w}/p.csv"],
+        r"nope\.txt",
+    ),
+    Bad(
+        "predict-binary-input",
+        lambda w: ["predict", f"ckpt={w}/classifier.ckpt", f"input={w}/binary.bin", f"output={w}/p.csv"],
+        r"binary\.bin",
+    ),
+    Bad(
+        "predict-empty-input",
+        lambda w: ["predict", f"ckpt={w}/classifier.ckpt", f"input={w}/empty.txt", f"output={w}/p.csv"],
+        r"empty\.txt",
+    ),
+    Bad(
+        "predict-unwritable-output",
+        lambda w: ["predict", f"ckpt={w}/classifier.ckpt", f"input={w}/texts.txt", f"output={w}/a_file/p.csv"],
+        r"a_file",
+    ),
+    Bad(
+        "predict-zero-batch",
+        lambda w: ["predict", f"ckpt={w}/classifier.ckpt", f"input={w}/texts.txt", f"output={w}/p.csv", "batch_size=0"],
+        r"batch_size",
+    ),
+    # export
+    Bad("export-ngram-ckpt", lambda w: ["export", f"ckpt={w}/ngram.ckpt", f"out={w}/hf_ngram"], r"ngram"),
+    Bad("export-lstm-ckpt", lambda w: ["export", f"ckpt={w}/lstm.ckpt", f"out={w}/hf_lstm"], r"lstm"),
+    Bad(
+        "export-classifier-ckpt",
+        lambda w: ["export", f"ckpt={w}/classifier.ckpt", f"out={w}/hf_cls"],
+        r"ClassificationTask",
+    ),
+    Bad("export-existing-folder", lambda w: ["export", f"ckpt={w}/gpt.ckpt", f"out={w}/export_done"], r"overwrite"),
+    Bad("export-out-under-a-file", lambda w: ["export", f"ckpt={w}/gpt.ckpt", f"out={w}/a_file/hf"], r"a_file"),
+    Bad("export-unknown-format", lambda w: ["export", f"ckpt={w}/gpt.ckpt", f"out={w}/hf_x", "format=onnx"], r"format"),
+    Bad("export-corrupt-ckpt", lambda w: ["export", f"ckpt={w}/garbage.ckpt", f"out={w}/hf_y"], CORRUPT),
+]
+
+
+# --- running a row ---------------------------------------------------------------------------------------------------
+
+
+def run_in_process(argv: list[str]) -> tuple[int, str]:
+    """`lmlab ARGV` in this process: (exit status, stderr). Logging handlers Hydra installs are put back after."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, os.environ.get(COMMAND_ENV))
+    err = io.StringIO()
+    code = 0
+    with redirect_stdout(io.StringIO()), redirect_stderr(err):
+        try:
+            main(argv)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        except BaseException as escaped:  # a traceback the user would have seen
+            import traceback
+
+            traceback.print_exception(escaped, file=err)
+            code = 1
+    root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+    if saved[2] is None:
+        os.environ.pop(COMMAND_ENV, None)
+    return code, err.getvalue()
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*")
+            if p.is_file()}  # fmt: skip
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The lines a user reads: stderr without blank lines and without Python warnings (they are not errors)."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return [line for line in lines if not re.search(r"(Warning|warnings\.warn)\b", line)]
+
+
+def params() -> list:
+    return [pytest.param(row, id=row.id, marks=[pytest.mark.slow] if row.slow else []) for row in ROWS]
+
+
+@pytest.mark.parametrize("row", params())
+def test_bad_input_is_one_line_and_harmless(row: Bad, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = row.argv(workspace)
+    before = file_hashes(workspace)
+    for name, value in (row.env or {}).items():
+        monkeypatch.setenv(name, value)
+    if row.slow:
+        result = run_cli(*argv, cwd=workspace, env=row.env)
+        code, stderr = result.returncode, result.stderr
+    else:
+        code, stderr = run_in_process(argv)
+    lines = error_lines(stderr)
+    assert code != 0, stderr
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert re.search(row.error, lines[0]), lines[0]
+    after = file_hashes(workspace)
+    assert {k: after.get(k) for k in before} == before, "a file written before the bad input changed"
+
+
+def test_the_table_covers_every_command_and_is_long() -> None:
+    commands = {row.argv(Path("/w"))[0] for row in ROWS}
+    assert commands == {"train", "generate", "eval", "predict", "export"}
+    assert len(ROWS) >= 25 and len({row.id for row in ROWS}) == len(ROWS)
