@@ -16,6 +16,7 @@ COMMANDS = {
     "export": ("lmlab.cli.export", "export a checkpoint to Hugging Face format: lmlab export ckpt=RUN out=DIR"),
     "report": ("lmlab.cli.report", "rank the runs of a sweep, write report.md/.csv and plots: lmlab report DIR"),
 }
+UNTYPED_COMMANDS = {"report"}  # read run folders only: no schemas, whose model dataclasses would import torch
 COMMAND_ENV = "LMLAB_COMMAND"  # lets re-executed worker processes (e.g. DDP ranks) find their command
 
 USAGE = "usage: lmlab <command> [overrides ...] [-m] [--cfg job] [--help]\n\ncommands:\n" + "\n".join(
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         check_group_choices(command, args)
-        if typed_run(args):
+        if command not in UNTYPED_COMMANDS and typed_run(args):
             check_overrides(command, args)
     except LmlabError as err:
         print(f"error: {err}", file=sys.stderr)
