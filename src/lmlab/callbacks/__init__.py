@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from lmlab.callbacks.metadata import CheckpointMetadata
 from lmlab.callbacks.progress import LMProgressBar
+from lmlab.callbacks.reliability import FiniteLoss, GracefulInterrupt, RNGState, safety_callbacks
 from lmlab.callbacks.throughput import TokensPerSecond
 
-__all__ = ["CheckpointMetadata", "LMProgressBar", "TokensPerSecond"]
+__all__ = [
+    "CheckpointMetadata",
+    "FiniteLoss",
+    "GracefulInterrupt",
+    "LMProgressBar",
+    "RNGState",
+    "TokensPerSecond",
+    "safety_callbacks",
+]

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmlab.data.labeled import LabeledExamples, LabeledSource, LabeledSplits
+from lmlab.data.sampling import ResumableTrainingData, fixed_generator
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import Tokenizer, TokenizerConfig
 
@@ -80,7 +81,7 @@ def pad_batch(examples: list[tuple[list[int], int]], pad_id: int) -> Batch:
     return ids, mask, torch.tensor([label for _, label in examples], dtype=torch.long)
 
 
-class ClassificationDataModule(pl.LightningDataModule):
+class ClassificationDataModule(ResumableTrainingData, pl.LightningDataModule):
     """Serves shuffled training batches and ordered validation / test batches of labeled text.
 
     Args:
@@ -159,11 +160,12 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
         self.setup()
+        dataset = self.datasets[name]
         return DataLoader(
-            self.datasets[name],
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            sampler=self.train_sampler(dataset, drop_last=False) if shuffle else None,
+            generator=fixed_generator(),
             collate_fn=functools.partial(pad_batch, pad_id=self.pad_id),
             num_workers=self.num_workers,
             persistent_workers=shuffle and self.num_workers > 0,

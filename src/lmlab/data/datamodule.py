@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader
 
 from lmlab.data.cache import TokenSplits, build_token_cache, load_token_cache
 from lmlab.data.corpora import Corpus
+from lmlab.data.sampling import ResumableTrainingData, fixed_generator
 from lmlab.data.windows import TokenWindows
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import Tokenizer, TokenizerConfig
@@ -19,8 +19,11 @@ from lmlab.tokenizers import Tokenizer, TokenizerConfig
 log = logging.getLogger(__name__)
 
 
-class LMDataModule(pl.LightningDataModule):
+class LMDataModule(ResumableTrainingData, pl.LightningDataModule):
     """Serves shuffled training windows and a fixed, ordered set of validation windows.
+
+    The shuffle of epoch `e` is seeded by `seed + e`, and checkpoints remember the position inside the epoch, so a
+    resumed run continues with exactly the windows it had not trained on.
 
     Args:
         corpus: where the text comes from.
@@ -105,13 +108,13 @@ class LMDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        generator = torch.Generator().manual_seed(self.seed)
+        windows = TokenWindows(self.splits.train, self.block_size, stride=self.train_stride)
         return DataLoader(
-            TokenWindows(self.splits.train, self.block_size, stride=self.train_stride),
+            windows,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=self.train_sampler(windows),
             drop_last=True,
-            generator=generator,
+            generator=fixed_generator(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -123,5 +126,6 @@ class LMDataModule(pl.LightningDataModule):
             TokenWindows(self.splits.val, self.block_size, max_windows=max_windows),
             batch_size=self.eval_batch_size,
             shuffle=False,
+            generator=fixed_generator(),
             num_workers=self.num_workers,
         )

@@ -1,0 +1,129 @@
+"""Resume, interruptions, atomic checkpoints and the finite-loss stop, in process on tiny runs."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from lmlab.checkpoint import load_checkpoint, read_checkpoint
+from lmlab.cli.resume import checkpoints_of, resume_run
+from lmlab.cli.train import train
+from lmlab.data.sampling import ResumableSampler
+from lmlab.errors import LmlabError
+from tests.conftest import compose_train
+
+STEPS = 14  # 6 batches per epoch below: the stops at 4 and 9 fall inside epochs 0 and 1
+
+
+def base_overrides(corpus: Path) -> list[str]:
+    """A tiny run that crosses two epoch ends, with dropout so the random state matters."""
+    return [
+        "data=text_files",
+        f"data.corpus.paths=[{corpus}]",
+        "data.batch_size=48",
+        "model.dropout=0.1",
+        f"trainer.max_steps={STEPS}",
+        "trainer.val_check_interval=5",
+        "trainer.deterministic=true",
+        "scheduler.warmup_steps=3",
+    ]
+
+
+class SigtermAt(pl.Callback):
+    """Sends this process SIGTERM at the end of the given steps (as a scheduler would)."""
+
+    def __init__(self, steps: list[int]) -> None:
+        self.steps = list(steps)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step in self.steps:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def stop_at(steps: list[int]) -> list[str]:
+    return ["+callbacks.stop._target_=tests.test_resume.SigtermAt", f"+callbacks.stop.steps={steps}"]
+
+
+def test_sampler_starts_inside_an_epoch_and_depends_only_on_seed_and_epoch() -> None:
+    data = list(range(10))
+    whole = list(ResumableSampler(data, seed=3))
+    sampler = ResumableSampler(data, seed=3)
+    sampler.start_at(0, 4)
+    assert list(sampler) == whole[4:]
+    assert list(sampler) == whole  # the skip applies to one iteration only
+    sampler.set_epoch(1)
+    assert sorted(sampler) == data and list(sampler) != whole
+
+
+def test_stop_mid_epoch_and_resume_gives_the_uninterrupted_metrics(tmp_path: Path, tiny_corpus: Path) -> None:
+    straight = train(compose_train(tmp_path / "straight", base_overrides(tiny_corpus)))
+
+    stopped = compose_train(tmp_path / "stopped", [*base_overrides(tiny_corpus), *stop_at([4, 9])])
+    run_dir = Path(stopped.paths.output_dir)
+    with pytest.raises(SystemExit) as exit_info:
+        train(stopped)
+    assert exit_info.value.code == 143
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 4
+    with pytest.raises(SystemExit):  # resumed, then stopped again inside the second epoch
+        train(compose_train(tmp_path / "again", [*base_overrides(tiny_corpus), f"resume={run_dir}"]))
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 9
+    resumed = train(compose_train(tmp_path / "last", [*base_overrides(tiny_corpus), f"resume={run_dir}"]))
+
+    assert resumed == straight  # val/loss, val/ppl, val/bpb: exactly equal
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == STEPS
+    assert len((run_dir / "resumes.log").read_text().splitlines()) == 2
+    assert not (tmp_path / "again" / "run" / "checkpoints").exists()  # the run stayed in its own folder
+
+
+def test_same_seed_and_config_give_identical_metrics(tmp_path: Path, tiny_corpus: Path) -> None:
+    overrides = [*base_overrides(tiny_corpus), "trainer.max_steps=6"]
+    first = train(compose_train(tmp_path / "one", overrides))
+    second = train(compose_train(tmp_path / "two", overrides))
+    assert first == second and first["val/loss"] > 0
+
+
+def test_resume_refuses_a_change_the_checkpoint_depends_on(tmp_path: Path, tiny_corpus: Path) -> None:
+    overrides = [*base_overrides(tiny_corpus), "trainer.max_steps=2"]
+    first = compose_train(tmp_path / "first", overrides)
+    train(first)
+    run_dir = first.paths.output_dir
+    changed = compose_train(tmp_path / "changed", [*overrides, "model.n_embd=32", f"resume={run_dir}"])
+    with pytest.raises(LmlabError, match=r"model.n_embd=32 changes model.n_embd"):
+        resume_run(changed, ["model.n_embd=32", f"resume={run_dir}"])
+    longer = compose_train(tmp_path / "longer", [*overrides, "trainer.log_every_n_steps=2", f"resume={run_dir}"])
+    cfg, checkpoint = resume_run(longer, ["trainer.log_every_n_steps=2", f"resume={run_dir}"])
+    assert cfg.trainer.log_every_n_steps == 2 and cfg.paths.output_dir == run_dir
+    assert Path(checkpoint) == checkpoints_of(Path(run_dir))[0]
+
+
+def test_resume_auto_finds_the_run_of_the_same_config(tmp_path: Path, tiny_corpus: Path) -> None:
+    overrides = [*base_overrides(tiny_corpus), "trainer.max_steps=2"]
+    first = compose_train(tmp_path / "outputs" / "day" / "one", overrides)
+    train(first)
+    later = compose_train(tmp_path / "outputs" / "day" / "two", [*overrides, "resume=auto"])
+    cfg, checkpoint = resume_run(later, [])
+    assert cfg.paths.output_dir == first.paths.output_dir and checkpoint is not None
+    other = compose_train(tmp_path / "outputs" / "day" / "three", [*overrides, "seed=7", "resume=auto"])
+    cfg, checkpoint = resume_run(other, [])  # no run of this config yet: a new run
+    assert checkpoint is None and cfg.paths.output_dir == other.paths.output_dir
+
+
+def test_non_finite_loss_stops_before_writing_weights(tmp_path: Path, tiny_corpus: Path) -> None:
+    overrides = [*base_overrides(tiny_corpus), "trainer.max_steps=2"]
+    first = compose_train(tmp_path / "first", overrides)
+    train(first)
+    run_dir = Path(first.paths.output_dir)
+    before = {p: p.read_bytes() for p in checkpoints_of(run_dir)}
+    explode = [*overrides, "trainer.max_steps=40", "optimizer.lr=1e12", "trainer.gradient_clip_val=null"]
+    with pytest.raises(LmlabError, match=r"training stopped at step \d+: .*not finite.*last good checkpoint"):
+        train(compose_train(tmp_path / "boom", [*explode, f"resume={run_dir}"]))
+    for path, data in before.items():  # nothing non-finite reached the disk
+        weights = load_checkpoint(path).model.state_dict().values()
+        assert all(bool(torch.isfinite(w).all()) for w in weights)
+    assert all(math.isfinite(read_checkpoint(p)["global_step"]) for p in checkpoints_of(run_dir))
