@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import csv
 import os
 import signal
 from pathlib import Path
@@ -18,7 +18,7 @@ from lmlab.data.sampling import ResumableSampler
 from lmlab.errors import LmlabError
 from tests.conftest import compose_train
 
-STEPS = 14  # 6 batches per epoch below: the stops at 4 and 9 fall inside epochs 0 and 1
+STEPS = 14  # 7 batches per epoch below: the stops at 4 and 9 fall inside epochs 0 and 1
 
 
 def base_overrides(corpus: Path) -> list[str]:
@@ -26,7 +26,8 @@ def base_overrides(corpus: Path) -> list[str]:
     return [
         "data=text_files",
         f"data.corpus.paths=[{corpus}]",
-        "data.batch_size=48",
+        "data.batch_size=12",
+        "data.train_stride=64",
         "model.dropout=0.1",
         f"trainer.max_steps={STEPS}",
         "trainer.val_check_interval=5",
@@ -48,6 +49,11 @@ class SigtermAt(pl.Callback):
 
 def stop_at(steps: list[int]) -> list[str]:
     return ["+callbacks.stop._target_=tests.test_resume.SigtermAt", f"+callbacks.stop.steps={steps}"]
+
+
+def metric_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv", encoding="utf-8") as file:
+        return list(csv.DictReader(file))
 
 
 def test_sampler_starts_inside_an_epoch_and_depends_only_on_seed_and_epoch() -> None:
@@ -76,7 +82,13 @@ def test_stop_mid_epoch_and_resume_gives_the_uninterrupted_metrics(tmp_path: Pat
     resumed = train(compose_train(tmp_path / "last", [*base_overrides(tiny_corpus), f"resume={run_dir}"]))
 
     assert resumed == straight  # val/loss, val/ppl, val/bpb: exactly equal
-    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == STEPS
+    assert metric_rows(run_dir) == metric_rows(tmp_path / "straight" / "run")  # every step's loss, logged once
+    straight_last = read_checkpoint(tmp_path / "straight" / "run" / "checkpoints" / "last.ckpt")
+    resumed_last = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert resumed_last["global_step"] == straight_last["global_step"] > 9
+    assert sorted(p.name for p in checkpoints_of(run_dir)) == ["best-step000010.ckpt", "last.ckpt"]
+    for key, weights in straight_last["state_dict"].items():
+        assert torch.equal(resumed_last["state_dict"][key], weights), key
     assert len((run_dir / "resumes.log").read_text().splitlines()) == 2
     assert not (tmp_path / "again" / "run" / "checkpoints").exists()  # the run stayed in its own folder
 
@@ -115,15 +127,18 @@ def test_resume_auto_finds_the_run_of_the_same_config(tmp_path: Path, tiny_corpu
 
 
 def test_non_finite_loss_stops_before_writing_weights(tmp_path: Path, tiny_corpus: Path) -> None:
-    overrides = [*base_overrides(tiny_corpus), "trainer.max_steps=2"]
-    first = compose_train(tmp_path / "first", overrides)
-    train(first)
-    run_dir = Path(first.paths.output_dir)
-    before = {p: p.read_bytes() for p in checkpoints_of(run_dir)}
-    explode = [*overrides, "trainer.max_steps=40", "optimizer.lr=1e12", "trainer.gradient_clip_val=null"]
-    with pytest.raises(LmlabError, match=r"training stopped at step \d+: .*not finite.*last good checkpoint"):
-        train(compose_train(tmp_path / "boom", [*explode, f"resume={run_dir}"]))
-    for path, data in before.items():  # nothing non-finite reached the disk
-        weights = load_checkpoint(path).model.state_dict().values()
-        assert all(bool(torch.isfinite(w).all()) for w in weights)
-    assert all(math.isfinite(read_checkpoint(p)["global_step"]) for p in checkpoints_of(run_dir))
+    explode = [
+        *base_overrides(tiny_corpus),
+        "trainer.max_steps=40",
+        "optimizer.lr=1e12",
+        "trainer.gradient_clip_val=null",
+        "+callbacks.model_checkpoint.every_n_train_steps=1",
+        "callbacks.model_checkpoint.monitor=null",
+    ]
+    cfg = compose_train(tmp_path, explode)
+    with pytest.raises(LmlabError, match=r"training stopped at step \d+: .*not finite.*last good checkpoint .*last"):
+        train(cfg)
+    saved = checkpoints_of(Path(cfg.paths.output_dir))
+    assert saved
+    for path in saved:  # nothing non-finite reached the disk
+        assert all(bool(torch.isfinite(w).all()) for w in load_checkpoint(path).model.state_dict().values())

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lmlab.errors import LmlabError
@@ -98,6 +99,8 @@ class GracefulInterrupt(pl.Callback):
             return
         self.signal_name = self.signal_name or "SIGTERM"
         self.saved = checkpoint_folder(trainer) / "last.ckpt"
+        if isinstance(trainer.checkpoint_callback, ModelCheckpoint):  # its `last.ckpt` now; a resume overwrites it
+            trainer.checkpoint_callback.last_model_path = str(self.saved)
         trainer.save_checkpoint(self.saved)
         log.warning("%s: saved %s at step %d", self.signal_name, self.saved, trainer.global_step)
 
@@ -119,7 +122,7 @@ class FiniteLoss(pl.Callback):
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         bad = not bool(torch.isfinite(loss.detach()).all())
         if trainer.strategy.reduce_boolean_decision(bad, all=False):
-            self.stop(trainer, pl_module, f"the loss is {loss.detach().float().mean().item()}")
+            self.stop(trainer, pl_module, f"the loss is {loss.detach().float().mean().item()} (not finite)")
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer

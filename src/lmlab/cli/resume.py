@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lmlab.csv_metrics import trim_metrics
 from lmlab.errors import LmlabError
 
 log = logging.getLogger("lmlab")
@@ -27,7 +28,7 @@ log = logging.getLogger("lmlab")
 RUN_CONFIG = "config.yaml"
 PROTECTED = ("model", "tokenizer", "data", "task", "optimizer", "scheduler", "seed")
 """Top-level keys a resumed run must share with its checkpoint (weights, data position, optimizer state)."""
-NOT_COMPARED = ("resume", "ckpt_path", "initial_validation")
+NOT_COMPARED = ("resume", "ckpt_path", "initial_validation", "paths")  # `paths`: where things are, not what
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # the shell's 128 + signal number
 
 
@@ -49,6 +50,8 @@ def resume_run(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, str |
         run_dir, checkpoint = locate(Path(str(choice)).expanduser())
     resumed = resumed_config(cfg, read_run_config(run_dir), run_dir, overrides)
     note_resume(run_dir, fresh_dir, checkpoint)
+    for metrics in run_dir.glob("*/metrics.csv"):  # rows after the checkpoint are logged again
+        trim_metrics(metrics, checkpoint_step(checkpoint))
     log.info("resuming %s from %s", run_dir, checkpoint)
     return resumed, str(checkpoint)
 
@@ -74,13 +77,18 @@ def checkpoints_of(run_dir: Path) -> list[Path]:
     return sorted(files, key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True)
 
 
-def latest_checkpoint(run_dir: Path) -> Path:
-    """The newest checkpoint of a run that loads (a damaged newest one is skipped with a warning)."""
+def checkpoint_step(path: Path) -> int:
+    """The global step a checkpoint was saved at (loading it safely, so a damaged file is an `LmlabError`)."""
     from lmlab.checkpoint import read_checkpoint
 
+    return int(read_checkpoint(path).get("global_step", 0))
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The newest checkpoint of a run that loads (a damaged newest one is skipped with a warning)."""
     for path in checkpoints_of(run_dir):
         try:
-            read_checkpoint(path)
+            checkpoint_step(path)
         except LmlabError as err:
             log.warning("resume: skipping %s (%s)", path, err)
             continue
@@ -97,8 +105,12 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
 
 
 def comparable(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    """`config` without the keys that say where a run lives: its folder becomes `<run>` in every path."""
+    """`config` without what says where things live: the run folder and every `paths.*` folder become placeholders
+    in every value (e.g. `data.cache_dir`), so runs of one config compare equal wherever they were made."""
     config = relocate(config, run_dir.rstrip("/"), "<run>")
+    folders = {k: v for k, v in (config.get("paths") or {}).items() if isinstance(v, str) and v}
+    for key, folder in sorted(folders.items(), key=lambda kv: -len(kv[1])):
+        config = relocate(config, folder.rstrip("/"), f"<paths.{key}>")
     return {k: v for k, v in config.items() if k not in NOT_COMPARED}
 
 
