@@ -16,7 +16,7 @@ from lmlab.cli.resume import checkpoints_of, resume_run
 from lmlab.cli.train import train
 from lmlab.data.sampling import ResumableSampler
 from lmlab.errors import LmlabError
-from tests.conftest import compose_train
+from tests.conftest import TINY_TEXT, compose_train
 
 STEPS = 14  # 7 batches per epoch below: the stops at 4 and 9 fall inside epochs 0 and 1
 
@@ -94,34 +94,44 @@ def test_stop_mid_epoch_and_resume_gives_the_uninterrupted_metrics(tmp_path: Pat
 
 
 def test_same_seed_and_config_give_identical_metrics(tmp_path: Path, tiny_corpus: Path) -> None:
-    overrides = [*base_overrides(tiny_corpus), "trainer.max_steps=6"]
+    overrides = [*base_overrides(tiny_corpus), "trainer.max_steps=3", "trainer.val_check_interval=3"]
     first = train(compose_train(tmp_path / "one", overrides))
     second = train(compose_train(tmp_path / "two", overrides))
     assert first == second and first["val/loss"] > 0
 
 
-def test_resume_refuses_a_change_the_checkpoint_depends_on(tmp_path: Path, tiny_corpus: Path) -> None:
-    overrides = [*base_overrides(tiny_corpus), "trainer.max_steps=2"]
-    first = compose_train(tmp_path / "first", overrides)
-    train(first)
-    run_dir = first.paths.output_dir
-    changed = compose_train(tmp_path / "changed", [*overrides, "model.n_embd=32", f"resume={run_dir}"])
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """One tiny finished run at `<tmp>/outputs/day/one/run`, and the overrides that made it."""
+    root = tmp_path_factory.mktemp("resume")
+    corpus = root / "corpus.txt"
+    corpus.write_text(TINY_TEXT, encoding="utf-8")
+    overrides = [*base_overrides(corpus), "trainer.max_steps=2"]
+    cfg = compose_train(root / "outputs" / "day" / "one", overrides)
+    train(cfg)
+    return Path(cfg.paths.output_dir), overrides
+
+
+def test_resume_refuses_a_change_the_checkpoint_depends_on(finished_run: tuple[Path, list[str]]) -> None:
+    run_dir, overrides = finished_run
+    here = run_dir.parents[1] / "changed"
+    changed = compose_train(here, [*overrides, "model.n_embd=32", f"resume={run_dir}"])
     with pytest.raises(LmlabError, match=r"model.n_embd=32 changes model.n_embd"):
         resume_run(changed, ["model.n_embd=32", f"resume={run_dir}"])
-    longer = compose_train(tmp_path / "longer", [*overrides, "trainer.log_every_n_steps=2", f"resume={run_dir}"])
+    with pytest.raises(LmlabError, match=r"hardware=ddp_cpu replaces or removes a part of the saved config"):
+        resume_run(compose_train(here, [*overrides, f"resume={run_dir}"]), ["hardware=ddp_cpu"])
+    longer = compose_train(here, [*overrides, "trainer.log_every_n_steps=2", f"resume={run_dir}"])
     cfg, checkpoint = resume_run(longer, ["trainer.log_every_n_steps=2", f"resume={run_dir}"])
-    assert cfg.trainer.log_every_n_steps == 2 and cfg.paths.output_dir == run_dir
-    assert Path(checkpoint) == checkpoints_of(Path(run_dir))[0]
+    assert cfg.trainer.log_every_n_steps == 2 and cfg.paths.output_dir == str(run_dir)
+    assert Path(checkpoint) == checkpoints_of(run_dir)[0]
 
 
-def test_resume_auto_finds_the_run_of_the_same_config(tmp_path: Path, tiny_corpus: Path) -> None:
-    overrides = [*base_overrides(tiny_corpus), "trainer.max_steps=2"]
-    first = compose_train(tmp_path / "outputs" / "day" / "one", overrides)
-    train(first)
-    later = compose_train(tmp_path / "outputs" / "day" / "two", [*overrides, "resume=auto"])
+def test_resume_auto_finds_the_run_of_the_same_config(finished_run: tuple[Path, list[str]]) -> None:
+    run_dir, overrides = finished_run
+    later = compose_train(run_dir.parents[1] / "two", [*overrides, "resume=auto"])
     cfg, checkpoint = resume_run(later, [])
-    assert cfg.paths.output_dir == first.paths.output_dir and checkpoint is not None
-    other = compose_train(tmp_path / "outputs" / "day" / "three", [*overrides, "seed=7", "resume=auto"])
+    assert cfg.paths.output_dir == str(run_dir) and Path(checkpoint).parent == run_dir / "checkpoints"
+    other = compose_train(run_dir.parents[1] / "three", [*overrides, "seed=7", "resume=auto"])
     cfg, checkpoint = resume_run(other, [])  # no run of this config yet: a new run
     assert checkpoint is None and cfg.paths.output_dir == other.paths.output_dir
 

@@ -29,6 +29,7 @@ RUN_CONFIG = "config.yaml"
 PROTECTED = ("model", "tokenizer", "data", "task", "optimizer", "scheduler", "seed")
 """Top-level keys a resumed run must share with its checkpoint (weights, data position, optimizer state)."""
 NOT_COMPARED = ("resume", "ckpt_path", "initial_validation", "paths")  # `paths`: where things are, not what
+_ABSENT = object()
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # the shell's 128 + signal number
 
 
@@ -154,7 +155,7 @@ def resumed_config(cfg: DictConfig, saved: dict[str, Any], run_dir: Path, overri
         key = override.split("=", 1)[0].lstrip("+")
         if key in NOT_COMPARED or key.startswith(("hydra.", "hydra/")):
             continue
-        if key.startswith("~") or OmegaConf.select(current, key) is None:
+        if key.startswith("~") or OmegaConf.select(current, key, default=_ABSENT) is _ABSENT:
             raise LmlabError(
                 f"resume: {override} replaces or removes a part of the saved config; set single keys instead "
                 "(e.g. trainer.max_steps=...), or start a new run without resume"
