@@ -14,6 +14,7 @@ import contextlib
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ def resume_run(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, str |
         run_dir, checkpoint = locate(Path(str(choice)).expanduser())
     resumed = resumed_config(cfg, read_run_config(run_dir), run_dir, overrides)
     note_resume(run_dir, fresh_dir, checkpoint)
+    quiet_resume_warnings()
     for metrics in run_dir.glob("*/metrics.csv"):  # rows after the checkpoint are logged again
         trim_metrics(metrics, checkpoint_step(checkpoint))
     log.info("resuming %s from %s", run_dir, checkpoint)
@@ -171,6 +173,17 @@ def resumed_config(cfg: DictConfig, saved: dict[str, Any], run_dir: Path, overri
         merged.resume = cfg.resume
         merged.initial_validation = False  # the run's first part already logged it
     return merged
+
+
+def quiet_resume_warnings() -> None:
+    """Silence Lightning's warnings that are wrong for an lmlab resume: the data position is restored (by the
+    DataModule, not the DataLoader), and the CSV logger and checkpoint folder are meant to be the existing ones."""
+    for message in (
+        "You're resuming from a checkpoint that ended before the epoch ended",
+        "Experiment logs directory .* exists and is not empty",
+        "Checkpoint directory .* exists and is not empty",
+    ):
+        warnings.filterwarnings("ignore", message=message)
 
 
 def note_resume(run_dir: Path, fresh_dir: Path, checkpoint: Path) -> None:

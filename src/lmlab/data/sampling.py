@@ -48,27 +48,9 @@ class ResumableSampler(DistributedSampler):
         self.skip = samples
 
     def __iter__(self) -> Iterator[int]:
-        if self.shuffle and self.num_replicas == 1:
-            indices = epoch_order(len(self.dataset), self.seed, self.epoch)  # type: ignore[arg-type]
-        else:
-            indices = list(super().__iter__())
+        indices = list(super().__iter__())  # a pure function of (seed, epoch, rank)
         skip, self.skip = self.skip, 0
         return iter(indices[skip:])
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The order of epoch `epoch` on one process: the permutation a `DataLoader(shuffle=True, generator=
-    torch.Generator().manual_seed(seed))` draws in its `epoch`-th pass, recomputed from the seed alone.
-
-    Each pass of that loader draws a worker base seed, its permutation, and (when the pass is run to its end) one
-    more permutation it discards. Keeping this order keeps runs made before resumable sampling reproducible.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epoch):
-        torch.empty((), dtype=torch.int64).random_(generator=generator)
-        torch.randperm(n, generator=generator)
-    torch.empty((), dtype=torch.int64).random_(generator=generator)
-    return torch.randperm(n, generator=generator).tolist()
 
 
 class ResumableTrainingData:
