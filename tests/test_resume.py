@@ -36,19 +36,23 @@ def base_overrides(corpus: Path) -> list[str]:
     ]
 
 
-class SigtermAt(pl.Callback):
-    """Sends this process SIGTERM at the end of the given steps (as a scheduler would)."""
+class SignalsAt(pl.Callback):
+    """Sends this process `signals[i]` at the end of step `steps[i]` (as a scheduler or a Ctrl+C would)."""
 
-    def __init__(self, steps: list[int]) -> None:
-        self.steps = list(steps)
+    def __init__(self, steps: list[int], signals: list[int]) -> None:
+        self.signals = dict(zip(steps, signals, strict=True))
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
-        if trainer.global_step in self.steps:
-            os.kill(os.getpid(), signal.SIGTERM)
+        if trainer.global_step in self.signals:
+            os.kill(os.getpid(), self.signals[trainer.global_step])
 
 
-def stop_at(steps: list[int]) -> list[str]:
-    return ["+callbacks.stop._target_=tests.test_resume.SigtermAt", f"+callbacks.stop.steps={steps}"]
+def stop_at(steps: list[int], signals: list[int]) -> list[str]:
+    return [
+        "+callbacks.stop._target_=tests.test_resume.SignalsAt",
+        f"+callbacks.stop.steps={steps}",
+        f"+callbacks.stop.signals={signals}",
+    ]
 
 
 def metric_rows(run_dir: Path) -> list[dict[str, str]]:
@@ -70,14 +74,16 @@ def test_sampler_starts_inside_an_epoch_and_depends_only_on_seed_and_epoch() -> 
 def test_stop_mid_epoch_and_resume_gives_the_uninterrupted_metrics(tmp_path: Path, tiny_corpus: Path) -> None:
     straight = train(compose_train(tmp_path / "straight", base_overrides(tiny_corpus)))
 
-    stopped = compose_train(tmp_path / "stopped", [*base_overrides(tiny_corpus), *stop_at([4, 9])])
+    stops = stop_at([4, 9], [int(signal.SIGTERM), int(signal.SIGINT)])
+    stopped = compose_train(tmp_path / "stopped", [*base_overrides(tiny_corpus), *stops])
     run_dir = Path(stopped.paths.output_dir)
     with pytest.raises(SystemExit) as exit_info:
         train(stopped)
     assert exit_info.value.code == 143
     assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 4
-    with pytest.raises(SystemExit):  # resumed, then stopped again inside the second epoch
+    with pytest.raises(SystemExit) as exit_info:  # resumed, then stopped by Ctrl+C inside the second epoch
         train(compose_train(tmp_path / "again", [*base_overrides(tiny_corpus), f"resume={run_dir}"]))
+    assert exit_info.value.code == 130
     assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 9
     resumed = train(compose_train(tmp_path / "last", [*base_overrides(tiny_corpus), f"resume={run_dir}"]))
 
