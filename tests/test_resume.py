@@ -158,3 +158,13 @@ def test_non_finite_loss_stops_before_writing_weights(tmp_path: Path, tiny_corpu
     assert saved
     for path in saved:  # nothing non-finite reached the disk
         assert all(bool(torch.isfinite(w).all()) for w in load_checkpoint(path).model.state_dict().values())
+
+
+def test_resume_from_a_checkpoint_file_continues_its_run(finished_run: tuple[Path, list[str]]) -> None:
+    run_dir, overrides = finished_run
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    cfg, chosen = resume_run(compose_train(run_dir.parents[1] / "four", [*overrides, f"resume={checkpoint}"]), [])
+    assert cfg.paths.output_dir == str(run_dir) and Path(chosen) == checkpoint
+    missing = compose_train(run_dir.parents[1] / "five", [*overrides, f"resume={run_dir}/nothing"])
+    with pytest.raises(LmlabError, match=r"does not exist; give a run folder, a .ckpt file, or resume=auto"):
+        resume_run(missing, [])
