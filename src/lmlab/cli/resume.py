@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lightning_fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmlab.csv_metrics import trim_metrics
@@ -51,10 +52,11 @@ def resume_run(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, str |
     else:
         run_dir, checkpoint = locate(Path(str(choice)).expanduser())
     resumed = resumed_config(cfg, read_run_config(run_dir), run_dir, overrides)
-    note_resume(run_dir, fresh_dir, checkpoint)
     quiet_resume_warnings()
-    for metrics in run_dir.glob("*/metrics.csv"):  # rows after the checkpoint are logged again
-        trim_metrics(metrics, checkpoint_step(checkpoint))
+    if rank_zero_only.rank == 0:  # a DDP worker re-executes this command; the folder is tidied once
+        note_resume(run_dir, fresh_dir, checkpoint)
+        for metrics in run_dir.glob("*/metrics.csv"):  # rows after the checkpoint are logged again
+            trim_metrics(metrics, checkpoint_step(checkpoint))
     log.info("resuming %s from %s", run_dir, checkpoint)
     return resumed, str(checkpoint)
 
@@ -153,10 +155,12 @@ def resumed_config(cfg: DictConfig, saved: dict[str, Any], run_dir: Path, overri
         cfg.paths.output_dir = str(run_dir)  # so overridden keys that point into the run resolve to the old folder
     current = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     merged = OmegaConf.create(saved)
+    choices = saved_choices(run_dir)
     for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+")
-        if key in NOT_COMPARED or key.startswith(("hydra.", "hydra/")):
-            continue
+        key, _, value = override.partition("=")
+        key = key.lstrip("+")
+        if key in NOT_COMPARED or key.startswith(("hydra.", "hydra/")) or choices.get(key, _ABSENT) == value:
+            continue  # also: a config group chosen as the run chose it (the first command line, repeated)
         if key.startswith("~") or OmegaConf.select(current, key, default=_ABSENT) is _ABSENT:
             raise LmlabError(
                 f"resume: {override} replaces or removes a part of the saved config; set single keys instead "
@@ -184,6 +188,15 @@ def quiet_resume_warnings() -> None:
         "Checkpoint directory .* exists and is not empty",
     ):
         warnings.filterwarnings("ignore", message=message)
+
+
+def saved_choices(run_dir: Path) -> dict[str, Any]:
+    """The config-group choices of the run's first invocation (`hardware: ddp_cpu`, …), from Hydra's record."""
+    path = run_dir / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return {}
+    choices = OmegaConf.load(path).hydra.runtime.get("choices") or {}
+    return {str(k): "null" if v is None else str(v) for k, v in choices.items()}
 
 
 def note_resume(run_dir: Path, fresh_dir: Path, checkpoint: Path) -> None:
