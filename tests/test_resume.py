@@ -126,6 +126,9 @@ def test_resume_refuses_a_change_the_checkpoint_depends_on(finished_run: tuple[P
         resume_run(changed, ["model.n_embd=32", f"resume={run_dir}"])
     with pytest.raises(LmlabError, match=r"hardware=ddp_cpu replaces or removes a part of the saved config"):
         resume_run(compose_train(here, [*overrides, f"resume={run_dir}"]), ["hardware=ddp_cpu"])
+    (run_dir / ".hydra").mkdir(exist_ok=True)  # Hydra's record of the first invocation's group choices
+    (run_dir / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      hardware: ddp_cpu\n")
+    resume_run(compose_train(here, [*overrides, f"resume={run_dir}"]), ["hardware=ddp_cpu"])  # the same choice
     longer = compose_train(here, [*overrides, "trainer.log_every_n_steps=2", f"resume={run_dir}"])
     cfg, checkpoint = resume_run(longer, ["trainer.log_every_n_steps=2", f"resume={run_dir}"])
     assert cfg.trainer.log_every_n_steps == 2 and cfg.paths.output_dir == str(run_dir)
