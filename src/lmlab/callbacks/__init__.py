@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from lmlab.callbacks.metadata import CheckpointMetadata
 from lmlab.callbacks.progress import LMProgressBar
+from lmlab.callbacks.reliability import FiniteLoss, GracefulInterrupt, RNGState, safety_callbacks
 from lmlab.callbacks.samples import GeneratedSamples
 from lmlab.callbacks.throughput import TokensPerSecond
 
-__all__ = ["CheckpointMetadata", "GeneratedSamples", "LMProgressBar", "TokensPerSecond"]
+__all__ = [
+    "CheckpointMetadata",
+    "FiniteLoss",
+    "GeneratedSamples",
+    "GracefulInterrupt",
+    "LMProgressBar",
+    "RNGState",
+    "TokensPerSecond",
+    "safety_callbacks",
+]

@@ -80,6 +80,7 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) 
     """Callbacks, loggers and the Trainer of the chosen hardware profile."""
     from hydra.utils import instantiate
 
+    from lmlab.checkpoint_io import trainer_plugins
     from lmlab.hardware import check_hardware
 
     strategy = cfg.trainer.get("strategy", "auto")
@@ -88,7 +89,8 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) 
     callbacks = [*build_group(cfg.get("callbacks"), "callback"), *extra_callbacks]
     loggers = build_group(cfg.get("logger"), "logger")
     log.info("instantiating trainer <%s>", cfg.trainer._target_)
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    plugins = trainer_plugins(instantiate(cfg.trainer.get("plugins")))  # + atomic checkpoint writes, SLURM requeue
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
     set_accumulation(trainer, cfg)
     return trainer
 
@@ -113,16 +115,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train as `cfg` says; return the final metrics."""
     import pytorch_lightning as pl
 
-    from lmlab.callbacks import CheckpointMetadata
+    from lmlab.callbacks import CheckpointMetadata, GracefulInterrupt, safety_callbacks
+    from lmlab.cli.resume import exit_on_interrupt, resume_run
     from lmlab.cli.run_identity import name_tracking_runs
     from lmlab.provenance import write_provenance
     from lmlab.reporting import print_run_summary, sample_text, write_summary
     from lmlab.tasks import CausalLMTask
     from lmlab.tokenizers import save_tokenizer
 
-    run_dir = Path(cfg.paths.output_dir)
     use_starting_point(cfg)
-    name_tracking_runs(cfg)  # W&B run name = the overrides, group = the sweep
+    cfg, resume_from = resume_run(cfg, command_line_overrides())  # `resume=...`: the earlier run's folder and config
+    run_dir = Path(cfg.paths.output_dir)
+    name_tracking_runs(cfg)  # W&B run name = the overrides, group = the sweep (a resumed run keeps its own)
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     check_run_config(resolved)  # keys, types and cross-field checks before any compute
     pl.seed_everything(cfg.seed, workers=True)
@@ -130,7 +134,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(cfg)
     tokenizer = datamodule.tokenizer
     task = build_task(cfg, tokenizer, datamodule)
-    trainer = build_trainer(cfg, [CheckpointMetadata(tokenizer.to_dict(), resolved)])
+    interrupt = GracefulInterrupt()
+    trainer = build_trainer(cfg, [CheckpointMetadata(tokenizer.to_dict(), resolved), *safety_callbacks(interrupt)])
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     write_provenance(run_dir, command_line_overrides())  # overrides, git commit (+ diff), package versions
@@ -141,7 +146,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("initial_validation"):
         trainer.validate(task, datamodule=datamodule, verbose=False)  # logged at step 0
     started = time.perf_counter()
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)  # never unpickle code
+    with exit_on_interrupt(interrupt, run_dir):  # never unpickle code from a checkpoint: weights_only
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from or cfg.get("ckpt_path"), weights_only=True)
     fit_seconds = time.perf_counter() - started
     if trainer.fast_dev_run:
         return {}

@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmlab.data.labeled import LabeledExamples, LabeledSource, LabeledSplits
-from lmlab.data.sharding import EvalShardSampler, GlobalBatchSampler, process_place
+from lmlab.data.sampling import ResumableTrainingData, fixed_generator
+from lmlab.data.sharding import EvalShardSampler, process_place
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import Tokenizer, TokenizerConfig
 
@@ -81,7 +82,7 @@ def pad_batch(examples: list[tuple[list[int], int]], pad_id: int) -> Batch:
     return ids, mask, torch.tensor([label for _, label in examples], dtype=torch.long)
 
 
-class ClassificationDataModule(pl.LightningDataModule):
+class ClassificationDataModule(ResumableTrainingData, pl.LightningDataModule):
     """Serves shuffled training batches and ordered validation / test batches of labeled text.
 
     Args:
@@ -161,16 +162,13 @@ class ClassificationDataModule(pl.LightningDataModule):
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
         self.setup()
         dataset = self.datasets[name]
-        world_size, rank, accumulation = process_place(self.trainer)
-        if shuffle:
-            sampler = GlobalBatchSampler(dataset, batch_size, world_size, rank, accumulation, seed=self.seed)
-        else:
-            sampler = EvalShardSampler(dataset, world_size, rank)
+        world_size, rank, _ = process_place(self.trainer)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=sampler,
+            sampler=self.train_sampler(dataset) if shuffle else EvalShardSampler(dataset, world_size, rank),
             drop_last=shuffle,
+            generator=fixed_generator(),
             collate_fn=functools.partial(pad_batch, pad_id=self.pad_id),
             num_workers=self.num_workers,
             persistent_workers=shuffle and self.num_workers > 0,

@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader
 
 from lmlab.data.cache import TokenSplits, build_token_cache, load_token_cache
 from lmlab.data.corpora import Corpus
-from lmlab.data.sharding import EvalShardSampler, GlobalBatchSampler, process_place
+from lmlab.data.sampling import ResumableTrainingData, fixed_generator
+from lmlab.data.sharding import EvalShardSampler, process_place
 from lmlab.data.windows import TokenWindows
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import Tokenizer, TokenizerConfig
@@ -19,8 +20,11 @@ from lmlab.tokenizers import Tokenizer, TokenizerConfig
 log = logging.getLogger(__name__)
 
 
-class LMDataModule(pl.LightningDataModule):
+class LMDataModule(ResumableTrainingData, pl.LightningDataModule):
     """Serves shuffled training windows and a fixed, ordered set of validation windows.
+
+    The shuffle of epoch `e` is seeded by `seed + e`, and checkpoints remember the position inside the epoch, so a
+    resumed run continues with exactly the windows it had not trained on.
 
     Args:
         corpus: where the text comes from.
@@ -105,13 +109,13 @@ class LMDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        world_size, rank, accumulation = process_place(self.trainer)
         windows = TokenWindows(self.splits.train, self.block_size, stride=self.train_stride)
         return DataLoader(
             windows,
             batch_size=self.batch_size,
-            sampler=GlobalBatchSampler(windows, self.batch_size, world_size, rank, accumulation, seed=self.seed),
+            sampler=self.train_sampler(windows),
             drop_last=True,
+            generator=fixed_generator(),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -125,5 +129,6 @@ class LMDataModule(pl.LightningDataModule):
             windows,
             batch_size=self.eval_batch_size,
             sampler=EvalShardSampler(windows, world_size, rank),
+            generator=fixed_generator(),
             num_workers=self.num_workers,
         )

@@ -54,6 +54,19 @@ class GlobalBatchSampler(DistributedSampler):
             )
         self.num_samples = steps * per_rank  # what the parent's __iter__ yields per rank
         self.total_size = self.num_samples * world_size
+        self.skip = 0
+        """This rank's indices of `self.epoch` to leave out on the next iteration only (what a resumed run already
+        trained on)."""
+
+    def start_at(self, epoch: int, samples: int) -> None:
+        """Make the next iteration yield epoch `epoch` from this rank's `samples`-th index on."""
+        self.set_epoch(epoch)
+        self.skip = samples
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())  # a pure function of (seed, epoch, rank)
+        skip, self.skip = self.skip, 0
+        return iter(indices[skip:])
 
 
 class EvalShardSampler(DistributedSampler):

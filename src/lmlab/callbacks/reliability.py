@@ -1,0 +1,152 @@
+"""Callbacks that make a run survive interruptions exactly and refuse to write broken weights.
+
+- `RNGState`: the torch (CPU and CUDA), numpy and Python random states ride in every checkpoint and are restored
+  when training resumes, so dropout and any other sampling continue as if never stopped.
+- `GracefulInterrupt`: SIGINT (Ctrl+C) and SIGTERM stop training after the current step and save a checkpoint.
+- `FiniteLoss`: a non-finite loss (or gradient) stops the run before the optimizer changes any weight.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from lmlab.errors import LmlabError
+
+log = logging.getLogger("lmlab")
+
+
+def rng_states() -> dict[str, Any]:
+    """Every global random state, as tensors and plain values (loadable with `torch.load(weights_only=True)`)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, python_state, python_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": {"version": version, "state": list(python_state), "gauss": python_gauss},
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what `rng_states` captured (CUDA states only where the same devices are visible)."""
+    torch.set_rng_state(states["torch"])
+    cuda = states.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+class RNGState(pl.Callback):
+    """Saves the random states with each checkpoint; restores them when a resumed fit starts training."""
+
+    def __init__(self) -> None:
+        self._to_restore: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return rng_states()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._to_restore = state_dict
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Restored here, not at load time: building the model and the sanity check between the two draw numbers too.
+        if self._to_restore is not None:
+            set_rng_states(self._to_restore)
+            self._to_restore = None
+
+
+class GracefulInterrupt(pl.Callback):
+    """SIGINT/SIGTERM: finish the current step, save `checkpoints/last.ckpt`, stop (a second Ctrl+C stops at once).
+
+    SIGTERM goes through Lightning's own handler (which also stops DDP workers); SIGINT is routed to the same flag.
+    After the stop, `signal_name` and `saved` tell the command what happened.
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self.saved: Path | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        def on_sigint(signum: int, frame: Any) -> None:
+            self.signal_name = "SIGINT"
+            log.warning("interrupt: saving a checkpoint after this step (Ctrl+C again stops without saving)")
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            trainer._signal_connector.received_sigterm = True
+
+        signal.signal(signal.SIGINT, on_sigint)  # Lightning's teardown puts the previous handler back
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        self.signal_name = self.signal_name or "SIGTERM"
+        self.saved = checkpoint_folder(trainer) / "last.ckpt"
+        if isinstance(trainer.checkpoint_callback, ModelCheckpoint):  # its `last.ckpt` now; a resume overwrites it
+            trainer.checkpoint_callback.last_model_path = str(self.saved)
+        trainer.save_checkpoint(self.saved)
+        log.warning("%s: saved %s at step %d", self.signal_name, self.saved, trainer.global_step)
+
+
+def checkpoint_folder(trainer: pl.Trainer) -> Path:
+    """Where the run's checkpoints go: the ModelCheckpoint's folder, else `<run dir>/checkpoints`."""
+    callback = trainer.checkpoint_callback
+    folder = getattr(callback, "dirpath", None)
+    return Path(folder) if folder else Path(trainer.default_root_dir) / "checkpoints"
+
+
+class FiniteLoss(pl.Callback):
+    """Stops the run at the first non-finite loss or gradient, before the optimizer step writes it into the weights.
+
+    The check is one reduction per step (and one all-reduce of a flag under DDP). Gradients are not checked under
+    `16-mixed` precision, whose grad scaler skips overflowing steps by design.
+    """
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if trainer.strategy.reduce_boolean_decision(bad, all=False):
+            self.stop(trainer, pl_module, f"the loss is {loss.detach().float().mean().item()} (not finite)")
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if str(trainer.precision).startswith("16"):
+            return
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        bad = bool(grads) and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        if trainer.strategy.reduce_boolean_decision(bad, all=False):
+            self.stop(trainer, pl_module, "a gradient is not finite")
+
+    @staticmethod
+    def stop(trainer: pl.Trainer, pl_module: pl.LightningModule, what: str) -> None:
+        callback = trainer.checkpoint_callback
+        kept = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+        kept_text = f"the last good checkpoint {kept} is kept" if kept else "no checkpoint had been written yet"
+        lrs = ", ".join(f"{group['lr']:g}" for opt in trainer.optimizers for group in opt.param_groups[:1])
+        raise LmlabError(
+            f"training stopped at step {trainer.global_step + 1}: {what}, so no weights were updated and "
+            f"{kept_text}; likely causes: a learning rate too high (lr {lrs or '?'}; lower optimizer.lr), fp16 "
+            "overflow (use trainer.precision=bf16-mixed or 32-true), or bad data (NaN/huge values in the batch)"
+        )
+
+
+def safety_callbacks(interrupt: GracefulInterrupt | None = None) -> list[pl.Callback]:
+    """What every lmlab training run gets: random states in checkpoints, graceful interrupts, the finite-loss stop."""
+    return [RNGState(), interrupt or GracefulInterrupt(), FiniteLoss()]

@@ -1,0 +1,173 @@
+"""Resume, interruptions, atomic checkpoints and the finite-loss stop, in process on tiny runs."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from lmlab.checkpoint import load_checkpoint, read_checkpoint
+from lmlab.cli.resume import checkpoints_of, resume_run
+from lmlab.cli.train import train
+from lmlab.data.sharding import GlobalBatchSampler
+from lmlab.errors import LmlabError
+from tests.conftest import TINY_TEXT, compose_train
+
+STEPS = 14  # 7 batches per epoch below: the stops at 4 and 9 fall inside epochs 0 and 1
+
+
+def base_overrides(corpus: Path) -> list[str]:
+    """A tiny run that crosses two epoch ends, with dropout so the random state matters."""
+    return [
+        "data=text_files",
+        f"data.corpus.paths=[{corpus}]",
+        "data.batch_size=12",
+        "data.train_stride=64",
+        "model.dropout=0.1",
+        f"trainer.max_steps={STEPS}",
+        "trainer.val_check_interval=5",
+        "trainer.deterministic=true",
+        "scheduler.warmup_steps=3",
+    ]
+
+
+class SignalsAt(pl.Callback):
+    """Sends this process `signals[i]` at the end of step `steps[i]` (as a scheduler or a Ctrl+C would)."""
+
+    def __init__(self, steps: list[int], signals: list[int]) -> None:
+        self.signals = dict(zip(steps, signals, strict=True))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step in self.signals:
+            os.kill(os.getpid(), self.signals[trainer.global_step])
+
+
+def stop_at(steps: list[int], signals: list[int]) -> list[str]:
+    return [
+        "+callbacks.stop._target_=tests.test_resume.SignalsAt",
+        f"+callbacks.stop.steps={steps}",
+        f"+callbacks.stop.signals={signals}",
+    ]
+
+
+def metric_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv", encoding="utf-8") as file:
+        return list(csv.DictReader(file))
+
+
+def test_sampler_starts_inside_an_epoch_and_depends_only_on_seed_and_epoch() -> None:
+    data = list(range(10))
+    whole = list(GlobalBatchSampler(data, micro_batch=2, seed=3))
+    sampler = GlobalBatchSampler(data, micro_batch=2, seed=3)
+    sampler.start_at(0, 4)
+    assert list(sampler) == whole[4:]
+    assert list(sampler) == whole  # the skip applies to one iteration only
+    sampler.set_epoch(1)
+    assert sorted(sampler) == data and list(sampler) != whole
+
+
+def test_stop_mid_epoch_and_resume_gives_the_uninterrupted_metrics(tmp_path: Path, tiny_corpus: Path) -> None:
+    straight = train(compose_train(tmp_path / "straight", base_overrides(tiny_corpus)))
+
+    stops = stop_at([4, 9], [int(signal.SIGTERM), int(signal.SIGINT)])
+    stopped = compose_train(tmp_path / "stopped", [*base_overrides(tiny_corpus), *stops])
+    run_dir = Path(stopped.paths.output_dir)
+    with pytest.raises(SystemExit) as exit_info:
+        train(stopped)
+    assert exit_info.value.code == 143
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 4
+    with pytest.raises(SystemExit) as exit_info:  # resumed, then stopped by Ctrl+C inside the second epoch
+        train(compose_train(tmp_path / "again", [*base_overrides(tiny_corpus), f"resume={run_dir}"]))
+    assert exit_info.value.code == 130
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 9
+    resumed = train(compose_train(tmp_path / "last", [*base_overrides(tiny_corpus), f"resume={run_dir}"]))
+
+    assert resumed == straight  # val/loss, val/ppl, val/bpb: exactly equal
+    assert metric_rows(run_dir) == metric_rows(tmp_path / "straight" / "run")  # every step's loss, logged once
+    straight_last = read_checkpoint(tmp_path / "straight" / "run" / "checkpoints" / "last.ckpt")
+    resumed_last = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert resumed_last["global_step"] == straight_last["global_step"] > 9
+    assert sorted(p.name for p in checkpoints_of(run_dir)) == ["best-step000010.ckpt", "last.ckpt"]
+    for key, weights in straight_last["state_dict"].items():
+        assert torch.equal(resumed_last["state_dict"][key], weights), key
+    assert len((run_dir / "resumes.log").read_text().splitlines()) == 2
+    assert not (tmp_path / "again" / "run" / "checkpoints").exists()  # the run stayed in its own folder
+
+
+def test_same_seed_and_config_give_identical_metrics(tmp_path: Path, tiny_corpus: Path) -> None:
+    overrides = [*base_overrides(tiny_corpus), "trainer.max_steps=3", "trainer.val_check_interval=3"]
+    first = train(compose_train(tmp_path / "one", overrides))
+    second = train(compose_train(tmp_path / "two", overrides))
+    assert first == second and first["val/loss"] > 0
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """One tiny finished run at `<tmp>/outputs/day/one/run`, and the overrides that made it."""
+    root = tmp_path_factory.mktemp("resume")
+    corpus = root / "corpus.txt"
+    corpus.write_text(TINY_TEXT, encoding="utf-8")
+    overrides = [*base_overrides(corpus), "trainer.max_steps=2"]
+    cfg = compose_train(root / "outputs" / "day" / "one", overrides)
+    train(cfg)
+    return Path(cfg.paths.output_dir), overrides
+
+
+def test_resume_refuses_a_change_the_checkpoint_depends_on(finished_run: tuple[Path, list[str]]) -> None:
+    run_dir, overrides = finished_run
+    here = run_dir.parents[1] / "changed"
+    changed = compose_train(here, [*overrides, "model.n_embd=32", f"resume={run_dir}"])
+    with pytest.raises(LmlabError, match=r"model.n_embd=32 changes model.n_embd"):
+        resume_run(changed, ["model.n_embd=32", f"resume={run_dir}"])
+    with pytest.raises(LmlabError, match=r"hardware=ddp_cpu replaces or removes a part of the saved config"):
+        resume_run(compose_train(here, [*overrides, f"resume={run_dir}"]), ["hardware=ddp_cpu"])
+    (run_dir / ".hydra").mkdir(exist_ok=True)  # Hydra's record of the first invocation's group choices
+    (run_dir / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      hardware: ddp_cpu\n")
+    resume_run(compose_train(here, [*overrides, f"resume={run_dir}"]), ["hardware=ddp_cpu"])  # the same choice
+    longer = compose_train(here, [*overrides, "trainer.log_every_n_steps=2", f"resume={run_dir}"])
+    cfg, checkpoint = resume_run(longer, ["trainer.log_every_n_steps=2", f"resume={run_dir}"])
+    assert cfg.trainer.log_every_n_steps == 2 and cfg.paths.output_dir == str(run_dir)
+    assert Path(checkpoint) == checkpoints_of(run_dir)[0]
+
+
+def test_resume_auto_finds_the_run_of_the_same_config(finished_run: tuple[Path, list[str]]) -> None:
+    run_dir, overrides = finished_run
+    later = compose_train(run_dir.parents[1] / "two", [*overrides, "resume=auto"])
+    cfg, checkpoint = resume_run(later, [])
+    assert cfg.paths.output_dir == str(run_dir) and Path(checkpoint).parent == run_dir / "checkpoints"
+    other = compose_train(run_dir.parents[1] / "three", [*overrides, "seed=7", "resume=auto"])
+    cfg, checkpoint = resume_run(other, [])  # no run of this config yet: a new run
+    assert checkpoint is None and cfg.paths.output_dir == other.paths.output_dir
+
+
+def test_non_finite_loss_stops_before_writing_weights(tmp_path: Path, tiny_corpus: Path) -> None:
+    explode = [
+        *base_overrides(tiny_corpus),
+        "trainer.max_steps=40",
+        "optimizer.lr=1e12",
+        "trainer.gradient_clip_val=null",
+        "+callbacks.model_checkpoint.every_n_train_steps=1",
+        "callbacks.model_checkpoint.monitor=null",
+    ]
+    cfg = compose_train(tmp_path, explode)
+    with pytest.raises(LmlabError, match=r"training stopped at step \d+: .*not finite.*last good checkpoint .*last"):
+        train(cfg)
+    saved = checkpoints_of(Path(cfg.paths.output_dir))
+    assert saved
+    for path in saved:  # nothing non-finite reached the disk
+        assert all(bool(torch.isfinite(w).all()) for w in load_checkpoint(path).model.state_dict().values())
+
+
+def test_resume_from_a_checkpoint_file_continues_its_run(finished_run: tuple[Path, list[str]]) -> None:
+    run_dir, overrides = finished_run
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    cfg, chosen = resume_run(compose_train(run_dir.parents[1] / "four", [*overrides, f"resume={checkpoint}"]), [])
+    assert cfg.paths.output_dir == str(run_dir) and Path(chosen) == checkpoint
+    missing = compose_train(run_dir.parents[1] / "five", [*overrides, f"resume={run_dir}/nothing"])
+    with pytest.raises(LmlabError, match=r"does not exist; give a run folder, a .ckpt file, or resume=auto"):
+        resume_run(missing, [])
