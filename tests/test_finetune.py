@@ -17,6 +17,7 @@ from lmlab.errors import LmlabError
 from lmlab.models import HFEncoderConfig
 from lmlab.tasks import ClassificationTask
 from lmlab.tasks.finetune import starting_point_configs
+from lmlab.tracking import finish_wandb
 from tests.classification_fixtures import fake_lm_checkpoint, labeled_csv, labeled_rows, requires, tiny_hf_bert
 from tests.conftest import TINY_TEXT, compose_train
 
@@ -50,6 +51,21 @@ def test_from_scratch_logs_metrics_and_saves_label_names(gpt_classifier) -> None
     assert any(r.get("val/acc") for r in rows)
 
 
+def test_confusion_matrix_is_logged_to_wandb(tmp_path: Path) -> None:
+    overrides = classify_overrides(labeled_csv(tmp_path), "test=true", "logger=default", "logger.wandb.mode=offline")
+    cfg = compose_train(tmp_path, [*overrides, "trainer.max_steps=2"])
+    try:
+        train(cfg)
+    finally:
+        finish_wandb()  # as `lmlab train` does: writes the run's history out
+    (run,) = (Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*")
+    images = sorted(p.relative_to(run / "files" / "media" / "images").as_posix() for p in run.rglob("*.png"))
+    assert any(p.startswith("val/confusion_matrix") for p in images), images
+    assert any(p.startswith("test/confusion_matrix") for p in images), images
+    (history,) = run.glob("*.wandb")
+    assert b"val/confusion_matrix" in history.read_bytes()  # the image entry is in the run's logged history
+
+
 def test_a_separable_task_is_learned(tmp_path: Path) -> None:
     budget = ["trainer.max_steps=60", "trainer.val_check_interval=60", "optimizer.lr=3e-3", "scheduler=constant"]
     cfg = compose_train(tmp_path, [*classify_overrides(labeled_csv(tmp_path, 200)), *budget])
@@ -80,6 +96,21 @@ def test_init_from_an_lm_checkpoint_keeps_its_weights_and_tokenizer(tmp_path: Pa
     assert backbone.keys() == pretrained.keys()  # frozen: the backbone is exactly the pretrained LM
     assert all(torch.equal(v, pretrained[k]) for k, v in backbone.items())
     assert checkpoint(run_dir)["hyper_parameters"]["init_from"] == str(lm_dir)
+
+
+def test_init_weights_false_keeps_random_weights_of_the_checkpoints_shape(tmp_path: Path) -> None:
+    ckpt = fake_lm_checkpoint(tmp_path / "lm.ckpt", TINY_TEXT)
+    saved = torch.load(ckpt, weights_only=True)
+    model = saved["hyper_parameters"]["model"]
+    weights = {k.removeprefix("model."): v for k, v in saved["state_dict"].items()}
+    torch.manual_seed(1)
+    pretrained = ClassificationTask(model, init_from=str(ckpt)).model.state_dict()
+    torch.manual_seed(1)
+    control = ClassificationTask(model, init_from=str(ckpt), init_weights=False)
+    assert all(torch.equal(v, weights[k]) for k, v in pretrained.items())
+    assert control.model.state_dict().keys() == weights.keys()
+    assert not any(torch.equal(v, weights[k]) for k, v in control.model.state_dict().items() if v.dim() == 2)
+    assert control.hparams["init_weights"] is False and control.hparams["init_from"] == str(ckpt)
 
 
 def test_init_from_refuses_model_and_tokenizer_overrides(tmp_path: Path) -> None:

