@@ -92,7 +92,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
 
     from lmlab.callbacks import CheckpointMetadata
-    from lmlab.reporting import print_run_summary, sample_text, write_summary
+    from lmlab.preflight import preflight
+    from lmlab.reporting import performance, print_run_summary, sample_text, write_summary
     from lmlab.tasks import CausalLMTask
     from lmlab.tokenizers import save_tokenizer
 
@@ -105,6 +106,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     tokenizer = datamodule.tokenizer
     task = build_task(cfg, tokenizer, datamodule)
     trainer = build_trainer(cfg, [CheckpointMetadata(tokenizer.to_dict(), resolved)])
+    preflight(task, trainer, datamodule, **cfg.get("preflight", {}))  # parameters, tokens/step, memory; or refuse
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     save_tokenizer(tokenizer, run_dir / "tokenizer.json")
@@ -116,6 +118,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - started
+    perf = performance(trainer)  # tokens/s and MFU of the training steps, peak memory
     if trainer.fast_dev_run:
         return {}
     if task.last_val_step != trainer.global_step:
@@ -126,8 +129,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     sample = None
     if isinstance(task, CausalLMTask):
         sample = sample_text(task.model, tokenizer, task.model_config.block_size, seed=cfg.seed, **cfg.sample)
-    print_run_summary(run_dir, metrics, trainer.checkpoint_callback, sample)
-    write_summary(run_dir, task, datamodule, metrics, fit_seconds)
+    print_run_summary(run_dir, metrics, trainer.checkpoint_callback, sample, perf)
+    write_summary(run_dir, task, datamodule, metrics, fit_seconds, perf)
     return metrics
 
 
