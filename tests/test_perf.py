@@ -123,3 +123,16 @@ def test_shard_divisors_follow_the_strategy() -> None:
 
     assert shard_divisors(DDPStrategy(), 4) == (1, 1, 1)
     assert shard_divisors(ModelParallelStrategy(), 4) == (4, 4, 4)
+
+
+def test_train_loss_is_logged_on_logging_steps_and_the_last() -> None:
+    from types import SimpleNamespace
+
+    from lmlab.tasks import CausalLMTask
+
+    task = CausalLMTask(GPTConfig(vocab_size=8, block_size=4, n_layer=1, n_head=1, n_embd=4))
+    logged = []
+    for step in range(25):
+        task._trainer = SimpleNamespace(fast_dev_run=False, global_step=step, log_every_n_steps=10, max_steps=25)
+        logged += [step] if task.is_logging_step() else []
+    assert logged == [9, 19, 24]  # optimizer steps 10, 20 and the last, 25

@@ -71,7 +71,8 @@ class CausalLMTask(ModelTask):
             return self.count_training_split()
         x, y = batch  # (B, T), (B, T)
         loss = self.loss(self(x), y)
-        self.log("train/loss", loss, prog_bar=True)
+        if self.is_logging_step():
+            self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def count_training_split(self) -> None:

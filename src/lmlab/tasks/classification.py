@@ -136,7 +136,8 @@ class ClassificationTask(ModelTask):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         ids, mask, labels = batch
         loss = self.loss(self(ids, mask), labels)
-        self.log("train/loss", loss, prog_bar=True)
+        if self.is_logging_step():
+            self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def param_groups(self) -> list[dict[str, Any]]:

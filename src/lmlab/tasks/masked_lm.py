@@ -105,7 +105,8 @@ class MaskedLMTask(ModelTask):
         inputs, labels = self.masked(batch[0])
         logits = self(inputs)  # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
-        self.log("train/loss", loss, prog_bar=True)
+        if self.is_logging_step():
+            self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
