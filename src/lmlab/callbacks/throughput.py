@@ -71,7 +71,7 @@ class Throughput(pl.Callback):
         metrics = self.rates(*self._close_window())
         for name, value in metrics.items():
             pl_module.log(f"perf/{name}", value, prog_bar=name in ("tokens_per_sec", "mfu"))
-        if trainer.optimizers:
+        if trainer.optimizers and trainer.optimizers[0].param_groups:  # a counting model has a mock optimizer
             pl_module.log("train/lr", trainer.optimizers[0].param_groups[0]["lr"])
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
