@@ -167,8 +167,8 @@ def preflight(
     else:
         budget = device_memory(device, trainer.num_devices if device.type == "cpu" else 1, model)
     if budget is not None and estimate.total > budget[0]:
-        raise LmlabError(f"estimated memory per device {format_bytes(estimate.total)} ({estimate.describe()}) exceeds "
-                         f"{budget[1]}; {levers(estimate)} (preflight.enabled=false skips this check)")  # fmt: skip
+        raise LmlabError(f"estimated memory per device ({estimate.describe()}) exceeds {budget[1]}; "
+                         f"{levers(estimate)} (preflight.enabled=false skips this check)")  # fmt: skip
     return estimate
 
 
