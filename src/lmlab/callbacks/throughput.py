@@ -65,7 +65,7 @@ class Throughput(pl.Callback):
         self._window[0] += sequences * trainer.world_size
         self._window[1] += tokens * trainer.world_size
         step = trainer.global_step
-        if step == self._reported_step or step % self.every_n_steps:
+        if step == self._reported_step or step % max(self.every_n_steps, 1):
             return  # mid-accumulation, or not a reporting step
         self._reported_step = step
         metrics = self.rates(*self._close_window())
