@@ -15,6 +15,7 @@ from torch import nn
 from lmlab.generation import generate
 from lmlab.io import atomic_write_text
 from lmlab.models import count_parameters
+from lmlab.perf import format_bytes, peak_memory_bytes
 from lmlab.tokenizers import Tokenizer
 
 
@@ -37,15 +38,46 @@ def sample_text(
     return tokenizer.decode(out[0].tolist())
 
 
-def print_run_summary(run_dir: Path, metrics: dict[str, float], checkpoint: Any, sample: str | None) -> None:
+def performance(trainer: Any) -> dict[str, Any]:
+    """Throughput and MFU averaged over the run (from the `Throughput` callback, if any) and peak memory."""
+    from lmlab.callbacks import Throughput
+
+    perf: dict[str, Any] = {}
+    for callback in trainer.callbacks:
+        if isinstance(callback, Throughput):
+            perf |= callback.summary()
+    device = trainer.strategy.root_device
+    perf["peak_memory_bytes"] = peak_memory_bytes(device)
+    perf["peak_memory_of"] = "CUDA max allocated" if device.type == "cuda" else "process RSS"
+    return perf
+
+
+def performance_rows(perf: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows of the run summary for `performance()`'s numbers (those present)."""
+    rows = []
+    if "tokens_per_sec" in perf:
+        rows += [("tokens/s", f"{perf['tokens_per_sec']:,.0f}"), ("samples/s", f"{perf['samples_per_sec']:,.1f}")]
+    if "flops_per_sec" in perf:
+        rows.append(("model FLOP/s", f"{perf['flops_per_sec'] / 1e12:.3f} T"))
+    if "mfu" in perf:
+        rows.append(("MFU", f"{100 * perf['mfu']:.1f} % of {perf['peak_flops'] / 1e12:.3f} TFLOP/s peak"))
+    if "peak_memory_bytes" in perf:
+        rows.append(("peak memory", f"{format_bytes(perf['peak_memory_bytes'])} ({perf['peak_memory_of']})"))
+    return rows
+
+
+def print_run_summary(
+    run_dir: Path, metrics: dict[str, float], checkpoint: Any, sample: str | None, perf: dict[str, Any] | None = None
+) -> None:
     """A compact end-of-run report on the terminal."""
     console = Console()
     table = Table(title="final metrics", show_header=False)
-    names = ("val/loss", "val/ppl", "val/bpb", "val/mlm_acc", "val/acc", "val/f1", "test/acc", "test/f1", "train/loss",
-             "train/tokens_per_s")  # fmt: skip
+    names = ("val/loss", "val/ppl", "val/bpb", "val/mlm_acc", "val/acc", "val/f1", "test/acc", "test/f1", "train/loss")
     for name in names:
         if name in metrics:
             table.add_row(name, f"{metrics[name]:.4f}")
+    for name, value in performance_rows(perf or {}):
+        table.add_row(name, value)
     console.print(table)
     if sample is not None:
         console.print(Panel(sample, title="sample", expand=False))
@@ -55,8 +87,16 @@ def print_run_summary(run_dir: Path, metrics: dict[str, float], checkpoint: Any,
     console.print(f"run directory: {run_dir}")
 
 
-def write_summary(run_dir: Path, task: Any, datamodule: Any, metrics: dict[str, float], fit_seconds: float) -> None:
-    """`summary.json`: final metrics, model family and size, training time and throughput, for reports."""
+def write_summary(
+    run_dir: Path,
+    task: Any,
+    datamodule: Any,
+    metrics: dict[str, float],
+    fit_seconds: float,
+    perf: dict[str, Any] | None = None,
+) -> None:
+    """`summary.json`: final metrics, model family and size, training time and throughput (`tokens_per_s` over the
+    whole fit; `perf`: training steps only, with MFU and peak memory), for reports."""
     trainer = task.trainer
     if getattr(task.model, "counting", False):
         tokens = len(datamodule.train_ids())
@@ -71,5 +111,6 @@ def write_summary(run_dir: Path, task: Any, datamodule: Any, metrics: dict[str, 
         "train_tokens": tokens,
         "fit_seconds": fit_seconds,
         "tokens_per_s": tokens / fit_seconds if fit_seconds > 0 else None,
+        "perf": perf or {},
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))

@@ -6,7 +6,7 @@ from lmlab.callbacks.metadata import CheckpointMetadata
 from lmlab.callbacks.progress import LMProgressBar
 from lmlab.callbacks.reliability import FiniteLoss, GracefulInterrupt, RNGState, safety_callbacks
 from lmlab.callbacks.samples import GeneratedSamples
-from lmlab.callbacks.throughput import TokensPerSecond
+from lmlab.callbacks.throughput import Throughput, TokensPerSecond
 
 __all__ = [
     "CheckpointMetadata",
@@ -15,6 +15,7 @@ __all__ = [
     "GracefulInterrupt",
     "LMProgressBar",
     "RNGState",
+    "Throughput",
     "TokensPerSecond",
     "safety_callbacks",
 ]

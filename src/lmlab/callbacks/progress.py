@@ -7,7 +7,8 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import RichProgressBar
 
-SHORT_NAMES = {"train/loss": "loss", "val/loss": "val_loss", "train/tokens_per_s": "tok/s"}
+SHORT_NAMES = {"train/loss": "loss", "val/loss": "val_loss", "perf/tokens_per_sec": "tok/s", "perf/mfu": "mfu"}
+FORMATS = {"perf/tokens_per_sec": lambda v: round(v), "perf/mfu": lambda v: f"{100 * v:.0f}%"}
 
 
 class LMProgressBar(RichProgressBar):
@@ -29,4 +30,4 @@ class LMProgressBar(RichProgressBar):
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
-        return {SHORT_NAMES.get(k, k): (round(v) if k == "train/tokens_per_s" else v) for k, v in metrics.items()}
+        return {SHORT_NAMES.get(k, k): FORMATS.get(k, lambda v: v)(v) for k, v in metrics.items()}

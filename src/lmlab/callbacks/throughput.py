@@ -1,4 +1,4 @@
-"""Tokens per second in the progress bar and the logs."""
+"""Training throughput and model-FLOPs utilisation (MFU), in the progress bar, every logger and the run summary."""
 
 from __future__ import annotations
 
@@ -6,34 +6,115 @@ import time
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+
+from lmlab.models.flops import flops_per_token
+from lmlab.perf import device_peak_flops
 
 
-class TokensPerSecond(pl.Callback):
-    """Logs `train/tokens_per_s` (all processes) and `train/lr` every `every_n_steps` optimizer steps.
+def batch_shape(batch: Any) -> tuple[int, int]:
+    """(sequences, tokens) of a batch whose first tensor holds token ids (B, T): a tuple, list, dict or tensor."""
+    first = batch
+    while not isinstance(first, torch.Tensor):
+        first = next(iter(first.values())) if isinstance(first, dict) else first[0]
+    return first.size(0), first.numel()
 
-    Measured over the steps since the last report, so start-up and validation pauses drop out.
+
+class Throughput(pl.Callback):
+    """Logs `perf/tokens_per_sec`, `perf/samples_per_sec`, `perf/flops_per_sec` and `perf/mfu` (all processes
+    together) and `train/lr` every `every_n_steps` optimizer steps.
+
+    Each report covers the steps since the previous one, so start-up and validation pauses drop out. Achieved FLOP/s
+    is tokens/s × the model's training FLOPs per token (`lmlab.models.flops`); MFU divides it by the peak of all
+    devices: `peak_flops` per device when given, else Lightning's table for a GPU or a short fp32 matmul
+    calibration for a CPU. Models without a FLOPs estimate (n-grams) report no FLOP/s or MFU. `summary()` gives the
+    averages over the whole run.
     """
 
-    def __init__(self, every_n_steps: int = 10) -> None:
+    def __init__(self, every_n_steps: int = 10, peak_flops: float | None = None) -> None:
         self.every_n_steps = every_n_steps
-        self._tokens = 0
+        self.configured_peak = peak_flops
+        self.peak_flops: float | None = None
+        """Peak FLOP/s of all devices together, set when training starts."""
+        self.flops_per_token: float | None = None
+        self._window = [0, 0, 0.0]  # sequences, tokens, seconds since the last report
+        self._total = [0, 0, 0.0]  # the same over the run, validation pauses left out
         self._start: float | None = None
+        self._reported_step = -1
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        device = trainer.strategy.root_device
+        per_device = device_peak_flops(device, trainer.precision, self.configured_peak)
+        self.peak_flops = per_device * trainer.world_size if per_device else None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reported_step = trainer.global_step  # a resumed run reports after its next full window
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
         if self._start is None:
             self._start = time.perf_counter()
+        if self.flops_per_token is None:
+            sequences, tokens = batch_shape(batch)
+            model = getattr(pl_module, "model", pl_module)
+            self.flops_per_token = flops_per_token(model, tokens // max(sequences, 1)) or 0.0  # 0.0: none
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        self._tokens += batch[0].numel() * trainer.world_size
-        if (idx + 1) % (self.every_n_steps * trainer.accumulate_grad_batches):
-            return
-        elapsed = time.perf_counter() - self._start
-        pl_module.log("train/tokens_per_s", self._tokens / elapsed, prog_bar=True)
-        if trainer.optimizers:
+        sequences, tokens = batch_shape(batch)
+        self._window[0] += sequences * trainer.world_size
+        self._window[1] += tokens * trainer.world_size
+        step = trainer.global_step
+        if step == self._reported_step or step % max(self.every_n_steps, 1):
+            return  # mid-accumulation, or not a reporting step
+        self._reported_step = step
+        metrics = self.rates(*self._close_window())
+        for name, value in metrics.items():
+            pl_module.log(f"perf/{name}", value, prog_bar=name in ("tokens_per_sec", "mfu"))
+        if trainer.optimizers and trainer.optimizers[0].param_groups:  # a counting model has a mock optimizer
             pl_module.log("train/lr", trainer.optimizers[0].param_groups[0]["lr"])
-        self._tokens, self._start = 0, time.perf_counter()
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._tokens, self._start = 0, None
+        self._close_window(sync=True)  # validation inside fit: its time is not training time
+        self._start = None
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close_window(sync=True)
+        self._start = None
+
+    def _close_window(self, sync: bool = False) -> tuple[int, int, float]:
+        """End the current measuring window: add it to the run's totals, return it, start the next one."""
+        if self._start is None:
+            return 0, 0, 0.0
+        if sync and torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()  # queued GPU work belongs to this window
+        now = time.perf_counter()
+        sequences, tokens, _ = self._window
+        window = (sequences, tokens, now - self._start)
+        self._total = [a + b for a, b in zip(self._total, window, strict=True)]
+        self._window, self._start = [0, 0, 0.0], now
+        return window
+
+    def rates(self, sequences: int, tokens: int, seconds: float) -> dict[str, float]:
+        """tokens/s, samples/s and, where the model and device allow, achieved FLOP/s and MFU."""
+        if seconds <= 0:
+            return {}
+        metrics = {"tokens_per_sec": tokens / seconds, "samples_per_sec": sequences / seconds}
+        if self.flops_per_token:
+            metrics["flops_per_sec"] = metrics["tokens_per_sec"] * self.flops_per_token
+            if self.peak_flops:
+                metrics["mfu"] = metrics["flops_per_sec"] / self.peak_flops
+        return metrics
+
+    def summary(self) -> dict[str, float]:
+        """Averages over the run's training steps (validation left out), with the FLOPs count and peak behind MFU."""
+        summary = self.rates(*self._total)
+        if self.flops_per_token:
+            summary["flops_per_token"] = self.flops_per_token
+        if self.peak_flops:
+            summary["peak_flops"] = self.peak_flops
+        return summary
+
+
+TokensPerSecond = Throughput
+"""The former name of this callback, kept for configs that still name it."""

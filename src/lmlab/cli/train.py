@@ -118,8 +118,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from lmlab.callbacks import CheckpointMetadata, GracefulInterrupt, safety_callbacks
     from lmlab.cli.resume import exit_on_interrupt, resume_run
     from lmlab.cli.run_identity import name_tracking_runs
+    from lmlab.preflight import preflight
     from lmlab.provenance import write_provenance
-    from lmlab.reporting import print_run_summary, sample_text, write_summary
+    from lmlab.reporting import performance, print_run_summary, sample_text, write_summary
     from lmlab.tasks import CausalLMTask
     from lmlab.tokenizers import save_tokenizer
 
@@ -136,6 +137,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     task = build_task(cfg, tokenizer, datamodule)
     interrupt = GracefulInterrupt()
     trainer = build_trainer(cfg, [CheckpointMetadata(tokenizer.to_dict(), resolved), *safety_callbacks(interrupt)])
+    preflight(task, trainer, datamodule, **cfg.get("preflight", {}))  # parameters, tokens/step, memory; or refuse
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     write_provenance(run_dir, command_line_overrides())  # overrides, git commit (+ diff), package versions
@@ -149,6 +151,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with exit_on_interrupt(interrupt, run_dir):  # never unpickle code from a checkpoint: weights_only
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from or cfg.get("ckpt_path"), weights_only=True)
     fit_seconds = time.perf_counter() - started
+    perf = performance(trainer)  # tokens/s and MFU of the training steps, peak memory
     if trainer.fast_dev_run:
         return {}
     if task.last_val_step != trainer.global_step:
@@ -162,8 +165,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         model = whole_model(task.model, task.model_config)  # FSDP: gathered from the shards
         sample = sample_text(model, tokenizer, task.model_config.block_size, seed=cfg.seed, **cfg.sample)
-    print_run_summary(run_dir, metrics, trainer.checkpoint_callback, sample)
-    write_summary(run_dir, task, datamodule, metrics, fit_seconds)
+    print_run_summary(run_dir, metrics, trainer.checkpoint_callback, sample, perf)
+    write_summary(run_dir, task, datamodule, metrics, fit_seconds, perf)
     return metrics
 
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.models.flops import matmul_parameters, transformer_flops_per_token
 from lmlab.models.layers import Block, TransformerConfig, init_gpt2_weights, make_norm, stack_hidden_states
 
 
@@ -52,3 +53,8 @@ class Bert(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token at context `seq_len` (default block_size); see `lmlab.models.flops`."""
+        c = self.config
+        return transformer_flops_per_token(matmul_parameters(self), c.n_layer, c.n_embd, seq_len or c.block_size)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import LmlabError
+from lmlab.models.flops import transformer_flops_per_token
 from lmlab.models.layers import Block, KVCache, TransformerConfig, init_gpt2_weights, make_norm, stack_hidden_states
 
 
@@ -96,3 +97,9 @@ class GPT(nn.Module):
         """Parameters counted once (tied weights once); `non_embedding` leaves out the position table."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.wpe.weight.numel() if non_embedding and self.wpe is not None else n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token at context `seq_len` (default block_size); see `lmlab.models.flops`."""
+        c = self.config
+        return transformer_flops_per_token(self.num_parameters(non_embedding=True), c.n_layer, c.n_embd,
+                                           seq_len or c.block_size)  # fmt: skip

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import LmlabError
+from lmlab.models.flops import matmul_parameters, transformer_flops_per_token
 
 log = logging.getLogger("lmlab")
 
@@ -84,6 +85,13 @@ class HFCausal(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token at context `seq_len` (default block_size) from the transformers config's depth
+        and width; see `lmlab.models.flops` (LoRA or frozen layers train with fewer FLOPs than this full count)."""
+        hf = self.model.config
+        return transformer_flops_per_token(matmul_parameters(self), int(hf.num_hidden_layers), int(hf.hidden_size),
+                                           seq_len or self.config.block_size)  # fmt: skip
 
     def transformers_model(self) -> nn.Module:
         """The plain transformers model, LoRA adapters merged in (this modifies the wrapped model)."""

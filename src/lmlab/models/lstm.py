@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import LmlabError
+from lmlab.models.flops import matmul_parameters
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 
@@ -82,3 +83,8 @@ class LSTM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token: 6·N over the gate, projection and head matrices (the recurrence costs the
+        same per token at any length, so `seq_len` does not enter); see `lmlab.models.flops`."""
+        return 6.0 * matmul_parameters(self)

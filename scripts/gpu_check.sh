@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# GPU checks of lmlab on a CUDA machine; prints tokens/s and MFU. Run from the repository root in lmlab's venv:
+#
+#     bash scripts/gpu_check.sh            # all three checks (about 5-10 minutes on one H100/H200)
+#     STEPS=100 bash scripts/gpu_check.sh  # shorter training runs
+#
+# (i)   bf16-mixed training with `model.compile=true` (nanoGPT's 10.7 M baby GPT, experiment=shakespeare_char_gpu)
+# (ii)  the `hardware=fsdp` profile (FSDP2) on every visible GPU, same experiment
+# (iii) the throughput benchmark of the 124 M GPT-2 shape in bf16 (scripts/bench_train.py --gpu): tokens/s and MFU
+#       against the GPU's peak from Lightning's table (target >= 40 %)
+# Each run's end-of-run summary also prints tokens/s, MFU and peak memory; summaries land in $OUT_DIR.
+# Without a CUDA GPU the script stops at once with exit status 2.
+set -euo pipefail
+
+STEPS=${STEPS:-300}
+OUT_DIR=${OUT_DIR:-outputs/gpu_check/$(date +%Y-%m-%d_%H-%M-%S)}
+PYTHON=${PYTHON:-python}
+
+gpus=$("$PYTHON" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)")
+if [[ "$gpus" -lt 1 ]]; then
+  echo "gpu_check: no CUDA GPU is visible (torch.cuda.is_available() is False); run this on a CUDA machine" >&2
+  exit 2
+fi
+"$PYTHON" -c "import torch; print('gpu_check:', torch.cuda.get_device_name(0), 'x', torch.cuda.device_count(), '| torch', torch.__version__)"
+mkdir -p "$OUT_DIR"
+
+summary() {  # the perf numbers of one run's summary.json
+  "$PYTHON" - "$1/summary.json" <<'EOF'
+import json, sys
+s = json.load(open(sys.argv[1]))
+p = s.get("perf", {})
+mfu = f"{p['mfu']:.1%}" if "mfu" in p else "n/a"
+print(f"  val/loss {s['metrics'].get('val/loss', float('nan')):.4f}; {p.get('tokens_per_sec', 0):,.0f} tokens/s; "
+      f"MFU {mfu}; peak memory {p.get('peak_memory_bytes', 0) / 2**30:.2f} GiB")
+EOF
+}
+
+common=(experiment=shakespeare_char_gpu "trainer.max_steps=$STEPS" "trainer.val_check_interval=$STEPS" logger=csv
+        sample.max_new_tokens=50)
+
+echo "== (i) bf16-mixed + model.compile=true, 1 GPU"
+lmlab train "${common[@]}" hardware=gpu trainer.precision=bf16-mixed model.compile=true \
+  "hydra.run.dir=$OUT_DIR/compile"
+summary "$OUT_DIR/compile"
+
+echo "== (ii) hardware=fsdp on $gpus GPU(s)"
+lmlab train "${common[@]}" hardware=fsdp "trainer.devices=$gpus" "hydra.run.dir=$OUT_DIR/fsdp"
+summary "$OUT_DIR/fsdp"
+
+echo "== (iii) throughput of the 124 M GPT-2 shape, bf16-mixed, compiled"
+"$PYTHON" scripts/bench_train.py --gpu model.compile=true 2>&1 | tee "$OUT_DIR/bench_gpt2.txt" | grep -v "^\s*$" | tail -6
+
+echo "gpu_check: done; outputs in $OUT_DIR"

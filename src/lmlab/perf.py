@@ -1,0 +1,89 @@
+"""What a device can do and what a run used: peak FLOP/s (GPU table or CPU calibration) and peak memory."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import resource
+import sys
+import time
+
+import torch
+
+log = logging.getLogger("lmlab")
+
+PRECISION_DTYPES = {"64": torch.float64, "32": torch.float32, "16": torch.float16, "bf16": torch.bfloat16}
+"""Compute dtype by the first part of Lightning's precision string (`bf16-mixed` -> bfloat16)."""
+
+_CHIP_ALIASES = {"h200": "h200 sxm1", "h100": "h100 sxm"}
+"""Device names Lightning's table misses (e.g. plain `NVIDIA H200`), mapped to its entry for the SXM part."""
+
+
+def compute_dtype(precision: str | int) -> torch.dtype:
+    """The dtype matmuls run in under a Lightning precision setting (`32-true`, `bf16-mixed`, `16-true`, ...)."""
+    return PRECISION_DTYPES.get(str(precision).split("-")[0], torch.float32)
+
+
+def gpu_peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """Peak FLOP/s of a CUDA device from Lightning's table (None for a GPU it does not list)."""
+    from lightning_fabric.utilities import throughput
+
+    peak = throughput.get_available_flops(device, dtype)
+    if peak is None:  # Lightning parses H100/H200 names only with their form factor; fall back to the SXM part
+        name = torch.cuda.get_device_name(device).lower()
+        table = getattr(throughput, "_CUDA_FLOPS", {})
+        chip = next((entry for key, entry in _CHIP_ALIASES.items() if key in name.split()), None)
+        if dtype is torch.float32 and torch.get_float32_matmul_precision() != "highest":
+            dtype = "tfloat32"  # type: ignore[assignment]
+        peak = table.get(chip, {}).get(dtype)
+    return float(peak) if peak else None
+
+
+@functools.cache
+def cpu_matmul_flops(size: int = 2048, seconds: float = 0.5, threads: int | None = None) -> float:
+    """Measured fp32 matmul FLOP/s of this CPU with the current torch threads: the best of repeated `size`² products
+    over about `seconds` (cached per process and thread count)."""
+    del threads  # part of the cache key only
+    generator = torch.Generator().manual_seed(0)  # its own: training's random state must not move (exact resume)
+    a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
+    torch.mm(a, b)  # warm up
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while True:
+        start = time.perf_counter()
+        torch.mm(a, b)
+        elapsed = time.perf_counter() - start
+        best = max(best, 2.0 * size**3 / elapsed)
+        if time.perf_counter() > deadline:
+            return best
+
+
+def device_peak_flops(device: torch.device, precision: str | int, configured: float | None = None) -> float | None:
+    """Peak FLOP/s of one device: `configured` when given, Lightning's table for a GPU, a matmul calibration for a
+    CPU running fp32 (None where neither applies, e.g. bf16 on a CPU: MFU is then not reported)."""
+    if configured:
+        return float(configured)
+    dtype = compute_dtype(precision)
+    if device.type == "cuda":
+        return gpu_peak_flops(device, dtype)
+    if device.type == "cpu" and dtype is torch.float32:
+        peak = cpu_matmul_flops(threads=torch.get_num_threads())
+        log.info("CPU fp32 matmul peak: %.1f GFLOP/s (%d threads)", peak / 1e9, torch.get_num_threads())
+        return peak
+    return None
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this process: max allocated on a CUDA device, else the peak resident set size (RSS)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB, macOS bytes
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1024
+    return f"{n:.1f} TiB"

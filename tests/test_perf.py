@@ -1,0 +1,138 @@
+"""Throughput and MFU: the FLOPs count, the callback's metrics, the run summary, and the preflight check."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from lmlab.callbacks.throughput import Throughput, batch_shape
+from lmlab.cli.train import train
+from lmlab.errors import LmlabError
+from lmlab.models import GPT, LSTM, GPTConfig, LSTMConfig
+from lmlab.models.flops import matmul_parameters
+from lmlab.perf import cpu_matmul_flops, device_peak_flops
+from lmlab.preflight import estimate_memory, levers, shard_divisors
+from tests.conftest import compose_train
+
+
+def test_gpt_flops_match_a_hand_count() -> None:
+    V, T, L, C = 11, 8, 2, 16
+    model = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=2, n_embd=C, bias=True))
+    per_layer = 12 * C * C + 9 * C + 4 * C  # qkv, proj, fc, proj weights; their biases (3C+C+4C+C); 2 norms' gain+bias
+    matmul = V * C + L * per_layer + 2 * C  # tied token table (= the head), blocks, final norm; no position table
+    assert matmul_parameters(model) == matmul == model.num_parameters(non_embedding=True)
+    assert model.flops_per_token() == 6 * matmul + 12 * L * C * T
+    assert model.flops_per_token(4) == 6 * matmul + 12 * L * C * 4
+
+
+def test_gpt_flops_agree_with_torch_flop_counter() -> None:
+    """6·N + attention is within 1 % of the FLOPs torch counts in one forward + backward (the math attention
+    kernel, whose matmuls the counter sees; only norms and biases are in N and not counted)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    B, T = 2, 32
+    model = GPT(GPTConfig(vocab_size=64, block_size=T, n_layer=2, n_head=4, n_embd=64))
+    idx = torch.randint(0, 64, (B, T))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(idx).flatten(0, 1), idx.flatten()).backward()
+    counted = counter.get_total_flops() / (B * T)
+    assert abs(counted / model.flops_per_token() - 1) < 0.01
+
+
+def test_lstm_flops_leave_out_the_lookup_table() -> None:
+    model = LSTM(LSTMConfig(vocab_size=20, n_layer=1, n_embd=8, n_hidden=12))
+    total = sum(p.numel() for p in model.parameters())
+    assert model.flops_per_token() == 6 * (total - 20 * 8)
+
+
+def test_peak_flops_configured_calibrated_or_unknown() -> None:
+    cpu = torch.device("cpu")
+    assert device_peak_flops(cpu, "32-true", configured=5e9) == 5e9
+    assert device_peak_flops(cpu, "bf16-mixed") is None  # no CPU peak for bf16: MFU is not reported
+    assert cpu_matmul_flops(size=128, seconds=0.02) > 1e6
+
+
+def test_batch_shape_of_tuples_dicts_and_tensors() -> None:
+    ids = torch.zeros(3, 5, dtype=torch.long)
+    assert batch_shape((ids, ids)) == batch_shape({"input_ids": ids}) == batch_shape(ids) == (3, 15)
+
+
+def test_tiny_run_logs_throughput_and_mfu(tmp_path, tiny_corpus, capsys, caplog) -> None:
+    """A normal config passes the preflight (and prints it); MFU against a configured peak is in (0, 1]."""
+    caplog.set_level("INFO", logger="lmlab")
+    cfg = compose_train(
+        tmp_path,
+        ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]", "callbacks.throughput.peak_flops=1e11",
+         "trainer.max_steps=6", "trainer.val_check_interval=3"],
+    )  # fmt: skip
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    rows = [r for r in csv.DictReader((run / "csv" / "metrics.csv").open()) if r["perf/mfu"]]
+    assert len(rows) == 6  # every optimizer step (log_every_n_steps=1)
+    for row in rows:
+        assert float(row["perf/tokens_per_sec"]) > 0 and 0 < float(row["perf/mfu"]) <= 1
+        assert float(row["perf/flops_per_sec"]) == pytest.approx(float(row["perf/mfu"]) * 1e11, rel=1e-4)
+    perf = json.loads((run / "summary.json").read_text())["perf"]
+    assert 0 < perf["mfu"] <= 1 and perf["peak_flops"] == 1e11
+    assert perf["tokens_per_sec"] == pytest.approx(perf["samples_per_sec"] * cfg.model.block_size)
+    assert perf["peak_memory_bytes"] > 50 * 2**20  # torch alone takes more than this
+    out = capsys.readouterr().out
+    assert "MFU" in out and "peak memory" in out and "tokens/s" in out
+    assert "preflight:" in caplog.text and "tokens per optimizer step" in caplog.text and "AdamW" in caplog.text
+
+
+def test_callback_summary_without_a_flops_estimate() -> None:
+    callback = Throughput(peak_flops=1e9)
+    callback.flops_per_token, callback.peak_flops = 0.0, 1e9
+    assert set(callback.rates(4, 64, 2.0)) == {"tokens_per_sec", "samples_per_sec"}  # no FLOP/s, no MFU
+
+
+def test_preflight_refuses_before_the_first_step(tmp_path, tiny_corpus, caplog) -> None:
+    cfg = compose_train(
+        tmp_path, ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]", "preflight.device_memory_gb=0.0001"]
+    )
+    with pytest.raises(LmlabError, match=r"exceeds preflight.device_memory_gb=0.0001; .*data.batch_size"):
+        train(cfg)
+    run = Path(cfg.paths.output_dir)
+    assert not (run / "checkpoints").exists() and not (run / "csv" / "metrics.csv").exists()
+
+
+def test_memory_estimate_by_precision_and_sharding() -> None:
+    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    n = sum(p.numel() for p in model.parameters())
+    fp32 = estimate_memory(model, "32-true", micro_batch=4, seq_len=16)
+    assert (fp32.weights, fp32.grads, fp32.optimizer) == (4 * n, 4 * n, 8 * n)
+    half = estimate_memory(model, "bf16-true", micro_batch=4, seq_len=16)
+    assert half.states == fp32.states / 2 and half.activations < fp32.activations
+    sharded = estimate_memory(model, "32-true", micro_batch=4, seq_len=16, shards=(4, 4, 4))
+    assert sharded.states == fp32.states / 4 and sharded.activations == fp32.activations
+    model.config.activation_checkpointing = True  # the config flag (the block code reads the same name)
+    assert estimate_memory(model, "32-true", micro_batch=4, seq_len=16).activations < fp32.activations
+    assert "data.batch_size" in levers(estimate_memory(model, "32-true", micro_batch=4096, seq_len=16))
+    assert "hardware=fsdp" in levers(estimate_memory(model, "32-true", micro_batch=1, seq_len=1))
+
+
+def test_shard_divisors_follow_the_strategy() -> None:
+    from pytorch_lightning.strategies import DDPStrategy, ModelParallelStrategy
+
+    assert shard_divisors(DDPStrategy(), 4) == (1, 1, 1)
+    assert shard_divisors(ModelParallelStrategy(), 4) == (4, 4, 4)
+
+
+def test_train_loss_is_logged_on_logging_steps_and_the_last() -> None:
+    from types import SimpleNamespace
+
+    from lmlab.tasks import CausalLMTask
+
+    task = CausalLMTask(GPTConfig(vocab_size=8, block_size=4, n_layer=1, n_head=1, n_embd=4))
+    logged = []
+    for step in range(25):
+        task._trainer = SimpleNamespace(fast_dev_run=False, global_step=step, log_every_n_steps=10, max_steps=25)
+        logged += [step] if task.is_logging_step() else []
+    assert logged == [9, 19, 24]  # optimizer steps 10, 20 and the last, 25
