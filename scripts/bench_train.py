@@ -108,8 +108,10 @@ def plain_loop(model: torch.nn.Module, cfg: DictConfig, batches: list, warmup: i
 
 def lmlab_path(task: pl.LightningModule, cfg: DictConfig, batches: list, warmup: int) -> float:
     """lmlab's Trainer path (the hardware profile, callbacks and logger of `cfg`) over the same batches."""
+    from lmlab.callbacks import safety_callbacks
+
     timer = StepTimer(warmup)
-    trainer = build_trainer(cfg, [timer])
+    trainer = build_trainer(cfg, [timer, *safety_callbacks()])  # what `lmlab train` adds: RNG state, signals, NaN stop
     trainer.fit(task, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))  # as they are
     return timer.end - timer.start
 

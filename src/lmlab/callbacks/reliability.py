@@ -115,24 +115,29 @@ def checkpoint_folder(trainer: pl.Trainer) -> Path:
 class FiniteLoss(pl.Callback):
     """Stops the run at the first non-finite loss or gradient, before the optimizer step writes it into the weights.
 
-    The check is one reduction per step (and one all-reduce of a flag under DDP). Gradients are not checked under
-    `16-mixed` precision, whose grad scaler skips overflowing steps by design.
+    One check per optimizer step: the last micro-batch's loss and the total gradient norm (fused over all gradients)
+    must be finite; under DDP one all-reduce of the flag follows. Gradients are not checked under `16-mixed`
+    precision, whose grad scaler skips overflowing steps by design.
     """
 
+    def __init__(self) -> None:
+        self._loss: torch.Tensor | None = None
+
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
-        bad = not bool(torch.isfinite(loss.detach()).all())
-        if trainer.strategy.reduce_boolean_decision(bad, all=False):
-            self.stop(trainer, pl_module, f"the loss is {loss.detach().float().mean().item()} (not finite)")
+        self._loss = loss.detach()  # checked with the gradients: one synchronisation per step, not two
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if str(trainer.precision).startswith("16"):
-            return
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        bad = bool(grads) and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
-        if trainer.strategy.reduce_boolean_decision(bad, all=False):
-            self.stop(trainer, pl_module, "a gradient is not finite")
+        loss, self._loss = self._loss, None
+        loss_ok = loss is None or bool(torch.isfinite(loss).all())
+        grads_ok = True
+        if loss_ok and not str(trainer.precision).startswith("16"):
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            grads_ok = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        if trainer.strategy.reduce_boolean_decision(not (loss_ok and grads_ok), all=False):
+            what = "a gradient is not finite" if loss_ok else f"the loss is {loss.float().mean().item()} (not finite)"
+            self.stop(trainer, pl_module, what)
 
     @staticmethod
     def stop(trainer: pl.Trainer, pl_module: pl.LightningModule, what: str) -> None:
