@@ -182,6 +182,17 @@ ROWS = [
     ),
     Bad("train-resume-from-truncated", lambda w: train(w, f"ckpt_path={w}/truncated.ckpt"), CORRUPT),
     Bad("train-resume-other-model", lambda w: train(w, f"ckpt_path={w}/lstm.ckpt"), r"lstm.ckpt"),
+    Bad(
+        "train-nan-loss",
+        lambda w: train(w, "optimizer.lr=1e12", "trainer.max_steps=6"),
+        r"training stopped at step \d+: .*not finite.*lower optimizer\.lr",
+    ),
+    Bad(
+        "train-wandb-online-unreachable",
+        lambda w: train(w, "logger=wandb"),
+        r"W&B mode is online but the server http://127\.0\.0\.1:9 is unreachable; use logger\.wandb\.mode=offline",
+        env={"WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "f" * 40},
+    ),
     # generate
     Bad("generate-missing-ckpt", lambda w: ["generate", f"ckpt={w}/nope.ckpt"], r"nope\.ckpt does not exist"),
     Bad("generate-empty-ckpt", lambda w: ["generate", f"ckpt={w}/empty.ckpt"], CORRUPT),

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from lmlab.errors import LmlabError
 from lmlab.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,12 @@ def choose_wandb_mode(mode: str | None = None) -> str:
     """Resolve the W&B mode: explicit argument, then WANDB_MODE, then online only if it can work."""
     global _automatic_mode
     mode = mode or os.environ.get("WANDB_MODE")
+    if mode == "online" and not server_reachable():  # asked for explicitly: fail now, not after W&B's long retries
+        url = os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL)
+        raise LmlabError(
+            f"W&B mode is online but the server {url} is unreachable; use logger.wandb.mode=offline (sync later "
+            "with `wandb sync`), unset WANDB_MODE to let lmlab choose, or check the network and WANDB_BASE_URL"
+        )
     if mode:
         return "offline" if mode == "dryrun" else mode
     if _automatic_mode is None:
