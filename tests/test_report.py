@@ -116,7 +116,8 @@ def test_best_ranking_uses_the_best_logged_value(sweep: Path) -> None:
     path = sweep / "0/csv/metrics.csv"
     text = path.read_text().splitlines()
     header = text[0].split(",")
-    early = ["0", "1"] + [""] * (len(header) - 2)
+    early = [""] * len(header)
+    early[header.index("epoch")], early[header.index("step")] = "0", "1"
     early[header.index("val/loss")] = "0.01"  # job 0 was the best of all at step 1, then got worse
     path.write_text("\n".join([*text, ",".join(early)]) + "\n")
     assert build_report(sweep, rank_by="best").runs[0].name == "0"
