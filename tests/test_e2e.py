@@ -99,6 +99,6 @@ def test_chinese_corpus_trains_and_samples_chinese(tmp_path: Path, capsys, token
     )  # fmt: skip
     metrics = train(cfg)
     assert metrics["val/bpb"] < 8.0  # far below an untrained model's log2(vocab) bits per ~3-byte character
-    sample = capsys.readouterr().out.split("sample")[1]
+    sample = capsys.readouterr().out.split(" sample ")[1]  # the panel after the metrics table (which has samples/s)
     cjk = [c for c in sample if "\u4e00" <= c <= "\u9fff"]
     assert len(cjk) >= 10, sample
