@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -304,7 +305,6 @@ def test_wandb_setup_against_a_silent_server_takes_seconds(unreachable_server, m
 def test_second_run_in_the_same_directory_continues_the_wandb_run(tmp_path: Path, tiny_corpus: Path) -> None:
     from lmlab.cli.train import train
 
-    ids = []
     for _ in range(2):
         cfg = compose_train(tmp_path, ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]", "logger=many",
                                        "trainer.max_steps=2", "optimizer.lr=0.0123"])  # fmt: skip
@@ -312,10 +312,12 @@ def test_second_run_in_the_same_directory_continues_the_wandb_run(tmp_path: Path
             train(cfg)
         finally:
             tracking.finish_wandb()
-        run_dir = Path(cfg.paths.output_dir)
-        ids.append(sorted((run_dir / "wandb").glob("offline-run-*"))[-1].name.rsplit("-", 1)[1])
+    run_dir = Path(cfg.paths.output_dir)
+    # offline-run-<date>_<time>-<id>, with a `-1` suffix when both runs started in the same second
+    runs = [re.fullmatch(r"offline-run-\d{8}_\d{6}-([a-z0-9]+)(-\d+)?", p.name) for p in (run_dir / "wandb").iterdir()]
+    ids = [m.group(1) for m in runs if m]
+    assert len(ids) == 2
     assert ids[0] == ids[1] == (run_dir / "wandb_run_id").read_text().strip()
-    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 2
     assert yaml.safe_load((run_dir / "tensorboard" / "hparams.yaml").read_text())["optimizer"]["lr"] == 0.0123
     assert tensorboard_hparams(run_dir / "tensorboard")["optimizer/lr"] == 0.0123
 
