@@ -3,7 +3,7 @@
     python scripts/bench_train.py                  # CPU, fp32: the comparisons below, 3 rounds (~4-5 min on 2 cores)
     python scripts/bench_train.py --rounds 5 --threads 2
     python scripts/bench_train.py --gpu            # CUDA: the 124 M GPT-2 shape in bf16, tokens/s and MFU
-    python scripts/bench_train.py --gpu model.compile=true data.batch_size=32
+    python scripts/bench_train.py --gpu model.compile=true data.batch_size=32 --plain   # + a hand-written loop
 
 CPU mode measures side by side in one run; each round runs every path once, in a rotated order, and the ratios
 are the medians of per-round ratios (the machine's speed drifts between rounds, a pair within a round much less):
@@ -251,8 +251,41 @@ class RandomTokens(torch.utils.data.Dataset):
         return self.ids[i, :-1], self.ids[i, 1:]
 
 
+def plain_gpu_loop(model: torch.nn.Module, cfg: DictConfig, loader: Any, warmup: int) -> float:
+    """The hand-written CUDA loop of nanoGPT's kind: the same model (compiled when the config says so), bf16
+    autocast, fused AdamW, clipping and batches; seconds from step `warmup` to the end."""
+    from hydra.utils import instantiate
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CPU: to try the script without a GPU
+    model.to(device).train()
+    if cfg.model.get("compile", False):
+        model.compile()
+    optimizer = instantiate(cfg.optimizer)(decay_groups(model, cfg.task.weight_decay), fused=True)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=str(cfg.trainer.precision) == "bf16-mixed")
+    start = 0.0
+    for step, (x, y) in enumerate(loader):
+        if step == warmup:
+            synchronize()
+            start = time.perf_counter()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast:
+            loss = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.gradient_clip_val)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    synchronize()
+    return time.perf_counter() - start
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def gpu_bench(args: argparse.Namespace) -> None:
-    """The GPT-2 small shape through lmlab's Trainer path: steady-state tokens/s and MFU."""
+    """The GPT-2 small shape through lmlab's Trainer path (and, with --plain, a hand-written loop of the same model
+    and batches): steady-state tokens/s and MFU."""
     from lmlab.callbacks import Throughput
 
     chosen = {o.split("=", 1)[0] for o in args.overrides}
@@ -263,10 +296,13 @@ def gpu_bench(args: argparse.Namespace) -> None:
     tokenizer = SimpleNamespace(vocab_size=vocab, kind="bpe", token_bytes=lambda: [1] * vocab)
     torch.manual_seed(0)
     task = build_task(cfg, tokenizer)
+    initial = copy.deepcopy(task.model) if args.plain else None
     block, batch = cfg.model.block_size, cfg.data.batch_size
     loader = torch.utils.data.DataLoader(RandomTokens(args.steps * batch, block, vocab), batch_size=batch)
+    from lmlab.callbacks import safety_callbacks
+
     timer = StepTimer(args.warmup)
-    trainer = build_trainer(cfg, [timer])
+    trainer = build_trainer(cfg, [timer, *safety_callbacks()])  # as `lmlab train` runs: NaN stop, RNG state, signals
     trainer.fit(task, train_dataloaders=loader)
     tokens_per_sec = (args.steps - args.warmup) * batch * block * trainer.world_size / (timer.end - timer.start)
     meter = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None)
@@ -285,6 +321,11 @@ def gpu_bench(args: argparse.Namespace) -> None:
         print("MFU: unknown (the GPU is not in Lightning's table; set callbacks.throughput.peak_flops=<FLOP/s>)")
     if torch.cuda.is_available():
         print(f"peak memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB allocated")
+    if initial is not None:
+        seconds = plain_gpu_loop(initial, cfg, loader, args.warmup)
+        plain = (args.steps - args.warmup) * batch * block / seconds
+        print(f"plain PyTorch loop: {plain:,.0f} tokens/s ({plain * flops / 1e12:.1f} TFLOP/s); "
+              f"lmlab / plain = {tokens_per_sec / plain:.3f}")  # fmt: skip
 
 
 def main() -> None:
@@ -297,6 +338,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--gpu", action="store_true", help="the GPT-2 small shape on CUDA instead (bf16-mixed)")
     parser.add_argument("--vocab-size", type=int, default=50304, help="GPU mode: the model's vocabulary")
+    parser.add_argument("--plain", action="store_true", help="GPU mode: also time a hand-written loop (one GPU)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every lmlab model, e.g. data.batch_size=8")
     args = parser.parse_args()
     if args.gpu:

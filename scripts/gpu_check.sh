@@ -3,16 +3,18 @@
 #
 #     bash scripts/gpu_check.sh            # all three checks (about 5-10 minutes on one H100/H200)
 #     STEPS=100 bash scripts/gpu_check.sh  # shorter training runs
+#     BENCH_BATCHES="16 32" bash scripts/gpu_check.sh  # the benchmark at each of these micro-batch sizes
 #
 # (i)   bf16-mixed training with `model.compile=true` (nanoGPT's 10.7 M baby GPT, experiment=shakespeare_char_gpu)
 # (ii)  the `hardware=fsdp` profile (FSDP2) on every visible GPU, same experiment
 # (iii) the throughput benchmark of the 124 M GPT-2 shape in bf16 (scripts/bench_train.py --gpu): tokens/s and MFU
 #       against the GPU's peak from Lightning's table (target >= 40 %)
 # Each run's end-of-run summary also prints tokens/s, MFU and peak memory; summaries land in $OUT_DIR.
-# Without a CUDA GPU the script stops at once with exit status 2.
-set -euo pipefail
+# A failed check does not stop the others; the exit status is 1 if any failed, 2 without a CUDA GPU.
+set -uo pipefail
 
 STEPS=${STEPS:-300}
+BENCH_BATCHES=${BENCH_BATCHES:-32}
 OUT_DIR=${OUT_DIR:-outputs/gpu_check/$(date +%Y-%m-%d_%H-%M-%S)}
 PYTHON=${PYTHON:-python}
 
@@ -38,16 +40,24 @@ EOF
 common=(experiment=shakespeare_char_gpu "trainer.max_steps=$STEPS" "trainer.val_check_interval=$STEPS" logger=csv
         sample.max_new_tokens=50)
 
+failed=()
+
 echo "== (i) bf16-mixed + model.compile=true, 1 GPU"
 lmlab train "${common[@]}" hardware=gpu trainer.precision=bf16-mixed model.compile=true \
-  "hydra.run.dir=$OUT_DIR/compile"
-summary "$OUT_DIR/compile"
+  "hydra.run.dir=$OUT_DIR/compile" && summary "$OUT_DIR/compile" || failed+=("(i) compile")
 
 echo "== (ii) hardware=fsdp on $gpus GPU(s)"
-lmlab train "${common[@]}" hardware=fsdp "trainer.devices=$gpus" "hydra.run.dir=$OUT_DIR/fsdp"
-summary "$OUT_DIR/fsdp"
+lmlab train "${common[@]}" hardware=fsdp "trainer.devices=$gpus" "hydra.run.dir=$OUT_DIR/fsdp" \
+  && summary "$OUT_DIR/fsdp" || failed+=("(ii) fsdp")
 
-echo "== (iii) throughput of the 124 M GPT-2 shape, bf16-mixed, compiled"
-"$PYTHON" scripts/bench_train.py --gpu model.compile=true 2>&1 | tee "$OUT_DIR/bench_gpt2.txt" | grep -v "^\s*$" | tail -6
+for batch in $BENCH_BATCHES; do
+  echo "== (iii) throughput of the 124 M GPT-2 shape, bf16-mixed, compiled, micro-batch $batch x 1024"
+  "$PYTHON" scripts/bench_train.py --gpu model.compile=true "data.batch_size=$batch" 2>&1 \
+    | tee "$OUT_DIR/bench_gpt2_b$batch.txt" | grep -v "^\s*$" | tail -5 || failed+=("(iii) bench batch $batch")
+done
 
+if (( ${#failed[@]} )); then
+  echo "gpu_check: FAILED: ${failed[*]}; outputs in $OUT_DIR" >&2
+  exit 1
+fi
 echo "gpu_check: done; outputs in $OUT_DIR"

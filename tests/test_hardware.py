@@ -78,6 +78,28 @@ def test_fused_adamw_only_on_cuda_when_left_to_lmlab() -> None:
     assert fused_option(auto, torch.device("cpu")) == {}
     assert fused_option(functools.partial(torch.optim.AdamW, fused=False), torch.device("cuda")) == {}
     assert fused_option(functools.partial(torch.optim.SGD, lr=0.1), torch.device("cuda")) == {}
+    assert fused_option(auto, torch.device("cuda"), loss_scaling=True) == {}  # fp16: Lightning could not clip
+
+
+def test_bf16_mixed_clips_the_gradients_of_a_fused_adamw(tmp_path: Path, tiny_corpus: Path, monkeypatch) -> None:
+    """Lightning's mixed-precision plugin refuses to clip for a fused optimizer (the CUDA default) even under bf16,
+    which has no loss scaler; lmlab clips as in fp32 (fused AdamW runs on CPU too, so this runs here)."""
+    clipped: list[float] = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(parameters, max_norm, *args, **kwargs):
+        clipped.append(max_norm)
+        return clip(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    cfg = compose_train(
+        tmp_path,
+        ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]", "trainer.max_steps=2", "logger=none",
+         "trainer.precision=bf16-mixed", "optimizer.fused=true", "trainer.gradient_clip_val=0.5"],
+    )  # fmt: skip
+    task, loss = fit(cfg)
+    assert task.trainer.optimizers[0].defaults["fused"] is True and math.isfinite(loss)
+    assert clipped == [0.5, 0.5]
 
 
 def test_optimizer_config_leaves_fused_to_lmlab(cfg_train) -> None:

@@ -58,6 +58,22 @@ def test_peak_flops_configured_calibrated_or_unknown() -> None:
     assert cpu_matmul_flops(size=128, seconds=0.02) > 1e6
 
 
+@pytest.mark.parametrize(
+    ("name", "dtype", "dense"),
+    [
+        ("NVIDIA H200", torch.bfloat16, 989.4e12),  # Lightning's own H200 row holds the with-sparsity 2e15
+        ("NVIDIA H100 80GB HBM3", torch.bfloat16, 989.4e12),
+        ("NVIDIA H100", torch.float16, 989.4e12),  # a name Lightning's parser misses
+        ("NVIDIA A100-SXM4-80GB", torch.bfloat16, 312e12),
+    ],
+)
+def test_gpu_peak_is_the_dense_rate(monkeypatch, name: str, dtype: torch.dtype, dense: float) -> None:
+    from lmlab.perf import gpu_peak_flops
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert gpu_peak_flops(torch.device("cuda", 0), dtype) == pytest.approx(dense, rel=0.01)
+
+
 def test_batch_shape_of_tuples_dicts_and_tensors() -> None:
     ids = torch.zeros(3, 5, dtype=torch.long)
     assert batch_shape((ids, ids)) == batch_shape({"input_ids": ids}) == batch_shape(ids) == (3, 15)
@@ -91,6 +107,18 @@ def test_callback_summary_without_a_flops_estimate() -> None:
     callback = Throughput(peak_flops=1e9)
     callback.flops_per_token, callback.peak_flops = 0.0, 1e9
     assert set(callback.rates(4, 64, 2.0)) == {"tokens_per_sec", "samples_per_sec"}  # no FLOP/s, no MFU
+
+
+def test_summary_leaves_out_the_warm_up_window(monkeypatch) -> None:
+    """A slow first window (compilation, CUDA start-up) does not drag down the run's tokens/s."""
+    clock = iter([10.0, 11.0, 12.0])  # windows end at these times: 10 s of warm-up, then 1 s and 1 s
+    monkeypatch.setattr("lmlab.callbacks.throughput.time.perf_counter", lambda: next(clock))
+    callback = Throughput()
+    callback._start = 0.0
+    for _ in range(3):
+        callback._window = [2, 100, 0.0]
+        callback._close_window()
+    assert callback.summary()["tokens_per_sec"] == pytest.approx(100.0)  # 200 tokens in the last 2 s, not 300 in 12
 
 
 def test_preflight_refuses_before_the_first_step(tmp_path, tiny_corpus, caplog) -> None:

@@ -15,8 +15,10 @@ log = logging.getLogger("lmlab")
 PRECISION_DTYPES = {"64": torch.float64, "32": torch.float32, "16": torch.float16, "bf16": torch.bfloat16}
 """Compute dtype by the first part of Lightning's precision string (`bf16-mixed` -> bfloat16)."""
 
-_CHIP_ALIASES = {"h200": "h200 sxm1", "h100": "h100 sxm"}
-"""Device names Lightning's table misses (e.g. plain `NVIDIA H200`), mapped to its entry for the SXM part."""
+_SAME_AS = {"h200": "h100 sxm", "h100": "h100 sxm"}
+"""GPUs whose dense rates are another entry's: the H200 SXM has the H100 SXM's tensor cores and clocks, while
+Lightning's own `h200 sxm1` row holds the with-sparsity rates (twice the dense ones MFU is measured against), and
+Lightning misses a plain `NVIDIA H100` name."""
 
 
 def compute_dtype(precision: str | int) -> torch.dtype:
@@ -25,17 +27,17 @@ def compute_dtype(precision: str | int) -> torch.dtype:
 
 
 def gpu_peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    """Peak FLOP/s of a CUDA device from Lightning's table (None for a GPU it does not list)."""
+    """Dense peak FLOP/s of a CUDA device from Lightning's table (None for a GPU it does not list)."""
     from lightning_fabric.utilities import throughput
 
-    peak = throughput.get_available_flops(device, dtype)
-    if peak is None:  # Lightning parses H100/H200 names only with their form factor; fall back to the SXM part
-        name = torch.cuda.get_device_name(device).lower()
-        table = getattr(throughput, "_CUDA_FLOPS", {})
-        chip = next((entry for key, entry in _CHIP_ALIASES.items() if key in name.split()), None)
+    words = torch.cuda.get_device_name(device).lower().split()
+    same_as = next((entry for key, entry in _SAME_AS.items() if key in words), None)
+    if same_as is None or "nvl" in words or "pcie" in words:
+        peak = throughput.get_available_flops(device, dtype)
+    else:
         if dtype is torch.float32 and torch.get_float32_matmul_precision() != "highest":
             dtype = "tfloat32"  # type: ignore[assignment]
-        peak = table.get(chip, {}).get(dtype)
+        peak = getattr(throughput, "_CUDA_FLOPS", {}).get(same_as, {}).get(dtype)
     return float(peak) if peak else None
 
 

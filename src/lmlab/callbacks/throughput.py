@@ -28,7 +28,8 @@ class Throughput(pl.Callback):
     is tokens/s × the model's training FLOPs per token (`lmlab.models.flops`); MFU divides it by the peak of all
     devices: `peak_flops` per device when given, else Lightning's table for a GPU or a short fp32 matmul
     calibration for a CPU. Models without a FLOPs estimate (n-grams) report no FLOP/s or MFU. `summary()` gives the
-    averages over the whole run.
+    steady-state averages over the run: the first window (compilation, CUDA start-up, the first allocations) is left
+    out when later ones exist.
     """
 
     def __init__(self, every_n_steps: int = 10, peak_flops: float | None = None) -> None:
@@ -38,7 +39,8 @@ class Throughput(pl.Callback):
         """Peak FLOP/s of all devices together, set when training starts."""
         self.flops_per_token: float | None = None
         self._window = [0, 0, 0.0]  # sequences, tokens, seconds since the last report
-        self._total = [0, 0, 0.0]  # the same over the run, validation pauses left out
+        self._total = [0, 0, 0.0]  # the same over the run after the first window, validation pauses left out
+        self._first: tuple[int, int, float] | None = None  # the first window: warm-up
         self._start: float | None = None
         self._reported_step = -1
 
@@ -91,7 +93,10 @@ class Throughput(pl.Callback):
         now = time.perf_counter()
         sequences, tokens, _ = self._window
         window = (sequences, tokens, now - self._start)
-        self._total = [a + b for a, b in zip(self._total, window, strict=True)]
+        if self._first is None:
+            self._first = window
+        else:
+            self._total = [a + b for a, b in zip(self._total, window, strict=True)]
         self._window, self._start = [0, 0, 0.0], now
         return window
 
@@ -107,8 +112,9 @@ class Throughput(pl.Callback):
         return metrics
 
     def summary(self) -> dict[str, float]:
-        """Averages over the run's training steps (validation left out), with the FLOPs count and peak behind MFU."""
-        summary = self.rates(*self._total)
+        """Steady-state averages over the run's training steps (validation and the warm-up window left out), with
+        the FLOPs count and peak behind MFU."""
+        summary = self.rates(*(self._total if self._total[2] > 0 else self._first or self._total))
         if self.flops_per_token:
             summary["flops_per_token"] = self.flops_per_token
         if self.peak_flops:

@@ -78,6 +78,7 @@ def build_task(cfg: DictConfig, tokenizer: Tokenizer, datamodule: Any = None) ->
 
 def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> pl.Trainer:
     """Callbacks, loggers and the Trainer of the chosen hardware profile."""
+    import torch
     from hydra.utils import instantiate
 
     from lmlab.checkpoint_io import trainer_plugins
@@ -91,6 +92,8 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) 
     log.info("instantiating trainer <%s>", cfg.trainer._target_)
     plugins = trainer_plugins(instantiate(cfg.trainer.get("plugins")))  # + atomic checkpoint writes, SLURM requeue
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    if trainer.strategy.root_device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 tensor cores for what runs in fp32 (as nanoGPT, litgpt)
     set_accumulation(trainer, cfg)
     return trainer
 

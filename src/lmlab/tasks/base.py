@@ -7,6 +7,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.precision import MixedPrecision, Precision
+from pytorch_lightning.utilities import GradClipAlgorithmType
 from torch import nn
 from torch.optim import Optimizer
 from torchmetrics import Metric
@@ -26,11 +28,12 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def fused_option(optimizer_factory: OptimizerFactory, device: torch.device) -> dict[str, bool]:
+def fused_option(optimizer_factory: OptimizerFactory, device: torch.device, loss_scaling: bool = False) -> dict:
     """`fused: null` in the optimizer config means: the fused kernel on CUDA (one launch per step), torch's default
-    elsewhere. Returns the keyword to add to the factory's call."""
+    elsewhere or under fp16 loss scaling (Lightning cannot clip the gradients of an optimizer that unscales them
+    itself). Returns the keyword to add to the factory's call."""
     keywords = getattr(optimizer_factory, "keywords", {})
-    if "fused" in keywords and keywords["fused"] is None and device.type == "cuda":
+    if "fused" in keywords and keywords["fused"] is None and device.type == "cuda" and not loss_scaling:
         return {"fused": True}
     return {}
 
@@ -91,11 +94,25 @@ class ModelTask(pl.LightningModule):
             return None  # a counting model (n-gram) trains without gradient steps
         if self.optimizer_factory is None:
             raise RuntimeError(f"{type(self).__name__} was built without an optimizer; pass optimizer=... to train")
-        optimizer = self.optimizer_factory(groups, **fused_option(self.optimizer_factory, self.device))
+        loss_scaling = self._trainer is not None and getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        optimizer = self.optimizer_factory(groups, **fused_option(self.optimizer_factory, self.device, loss_scaling))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self, optimizer: Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Clip as Lightning does, except under bf16 autocast with a fused optimizer, which Lightning's mixed-precision
+        plugin refuses because such an optimizer unscales fp16 gradients itself: bf16 has no loss scaler, so the
+        gradients are clipped as in fp32."""
+        plugin = self.trainer.precision_plugin
+        if isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or GradClipAlgorithmType.NORM)
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val or 0.0, algorithm)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_model(self) -> None:
         """Trainer hook, once per process before each stage: FSDP2 sharding when the strategy set up a device mesh
