@@ -4,6 +4,7 @@
     python scripts/finetune_results.py --recipes minilm          # only the MiniLM full fine-tuning (~10 min on 2 cores)
     python scripts/finetune_results.py --recipes gpt_pretrain,gpt_finetune   # pretrain -> fine-tune vs from scratch
     python scripts/finetune_results.py --recipes gpt_finetune    # both fine-tunes again, from the saved pretraining
+    python scripts/finetune_results.py --recipes gpt_finetune --seeds 1,2   # ... and with two more fine-tuning seeds
     python scripts/finetune_results.py --read outputs/finetune      # re-read finished runs, run nothing
 
 Each recipe is `lmlab train` in a subprocess (offline: HF_HUB_OFFLINE=1, W&B off); the table comes from each run's
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -81,18 +83,31 @@ def print_table(out: Path) -> None:
     compare(out)
 
 
+def test_accuracy(run_dir: Path) -> float | None:
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text())["metrics"].get("test/acc") if path.is_file() else None
+
+
 def compare(out: Path) -> None:
-    """Pretrain -> fine-tune against the same model, tokenizer and budget from random weights, side by side."""
-    runs = {name: out / name / "summary.json" for name in ("gpt_pretrain_finetune", "gpt_scratch")}
-    if not all(path.is_file() for path in runs.values()):
-        return
-    pretrained, scratch = (json.loads(path.read_text())["metrics"].get("test/acc") for path in runs.values())
-    if pretrained is None or scratch is None:
-        return
-    print(
-        f"\nsame GPT, tokenizer and fine-tuning budget, same test split: pretrained on IMDB text {pretrained:.4f}, "
-        f"from scratch {scratch:.4f} test accuracy ({100 * (pretrained - scratch):+.1f} points)"
-    )
+    """Pretrain -> fine-tune against the same model, tokenizer and budget from random weights, side by side, for
+    each fine-tuning seed that has both runs (`gpt_pretrain_finetune[_sN]`, `gpt_scratch[_sN]`)."""
+    pairs = []
+    for pretrained_dir in sorted(out.glob("gpt_pretrain_finetune*")):
+        suffix = pretrained_dir.name.removeprefix("gpt_pretrain_finetune")
+        pretrained, scratch = test_accuracy(pretrained_dir), test_accuracy(out / f"gpt_scratch{suffix}")
+        if pretrained is None or scratch is None:
+            continue
+        pairs.append((pretrained, scratch))
+        seed = suffix.removeprefix("_s") or "default"
+        print(
+            f"same GPT, tokenizer and fine-tuning budget, same test split (seed {seed}): pretrained on IMDB text "
+            f"{pretrained:.4f}, from scratch {scratch:.4f} test accuracy ({100 * (pretrained - scratch):+.1f} points)"
+        )
+    if len(pairs) > 1:
+        pretrained, scratch = (statistics.mean(arm) for arm in zip(*pairs, strict=True))
+        ahead = sum(p > s for p, s in pairs)
+        print(f"mean over {len(pairs)} seeds: pretrained {pretrained:.4f}, from scratch {scratch:.4f} "
+              f"({100 * (pretrained - scratch):+.1f} points); pretrained ahead in {ahead} of {len(pairs)}")  # fmt: skip
 
 
 def main() -> None:
@@ -100,14 +115,18 @@ def main() -> None:
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, from: {', '.join(RECIPES)}")
     parser.add_argument("--out", type=Path, default=Path("outputs/finetune"), help="folder of the run directories")
     parser.add_argument("--read", type=Path, help="only print the table of finished runs in this folder")
+    parser.add_argument("--seeds", default="", help="gpt_finetune: also fine-tune both arms with these seeds, e.g. 1,2")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every stage, e.g. trainer.max_steps=50")
     args = parser.parse_args()
     if args.read:
         print_table(args.read)
         return
+    seeds = [int(seed) for seed in args.seeds.split(",") if seed]
     for recipe in args.recipes.split(","):
         for name, overrides in RECIPES[recipe]:
             run_stage(name, overrides, args.out, args.overrides)
+            for seed in seeds if recipe == "gpt_finetune" else []:
+                run_stage(f"{name}_s{seed}", [*overrides, f"seed={seed}"], args.out, args.overrides)
     print_table(args.out)
 
 

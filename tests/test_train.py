@@ -29,6 +29,24 @@ def test_train_writes_run_directory(cfg_train, capsys) -> None:
     assert "run directory" in out and "sample" in out
 
 
+def test_last_checkpoint_holds_the_final_weights(tmp_path, tiny_corpus) -> None:
+    """`last.ckpt` is the final step's weights even when the monitored metric stopped improving (here it never does
+    after the first validation: mode=max on a falling loss) and when the budget ends between validations."""
+    from tests.conftest import compose_train
+
+    cfg = compose_train(
+        tmp_path,
+        ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]", "trainer.max_steps=5", "trainer.val_check_interval=2",
+         "callbacks.model_checkpoint.mode=max", "optimizer.lr=3e-3", "logger=none"],
+    )  # fmt: skip
+    train(cfg)
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 5
+    (best,) = folder.glob("best-*.ckpt")
+    assert torch.load(best, map_location="cpu", weights_only=True)["global_step"] < 5
+
+
 def test_checkpoint_describes_itself(cfg_train) -> None:
     train(cfg_train)
     ckpt_path = Path(cfg_train.paths.output_dir) / "checkpoints" / "last.ckpt"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lmlab.callbacks.checkpointing import BestAndLastCheckpoint
 from lmlab.callbacks.metadata import CheckpointMetadata
 from lmlab.callbacks.progress import LMProgressBar
 from lmlab.callbacks.reliability import FiniteLoss, GracefulInterrupt, RNGState, safety_callbacks
@@ -9,6 +10,7 @@ from lmlab.callbacks.samples import GeneratedSamples
 from lmlab.callbacks.throughput import Throughput, TokensPerSecond
 
 __all__ = [
+    "BestAndLastCheckpoint",
     "CheckpointMetadata",
     "FiniteLoss",
     "GeneratedSamples",
