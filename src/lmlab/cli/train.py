@@ -168,8 +168,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         model = whole_model(task.model, task.model_config)  # FSDP: gathered from the shards
         sample = sample_text(model, tokenizer, task.model_config.block_size, seed=cfg.seed, **cfg.sample)
-    print_run_summary(run_dir, metrics, trainer.checkpoint_callback, sample, perf)
-    write_summary(run_dir, task, datamodule, metrics, fit_seconds, perf)
+    if trainer.is_global_zero:  # one summary per run, not one per process
+        print_run_summary(run_dir, metrics, trainer.checkpoint_callback, sample, perf)
+        write_summary(run_dir, task, datamodule, metrics, fit_seconds, perf)
     return metrics
 
 
