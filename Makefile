@@ -27,6 +27,6 @@ format:  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
 bench:  ## lmlab Trainer vs plain PyTorch loop throughput
-	$(PY) scripts/bench_train.py --rounds 5
+	$(PY) scripts/bench_train.py
 
 .PHONY: help install train test test-all lint format bench

@@ -1,6 +1,6 @@
 """Training throughput of lmlab's Trainer path against a plain PyTorch loop and Hugging Face's `Trainer`, and MFU.
 
-    python scripts/bench_train.py                  # CPU, fp32: the comparisons below, 3 rounds (~4-5 min on 2 cores)
+    python scripts/bench_train.py                  # CPU, fp32: the comparisons below, 7 rounds (~8 min on 2 cores)
     python scripts/bench_train.py --rounds 5 --threads 2
     python scripts/bench_train.py --gpu            # CUDA: the 124 M GPT-2 shape in bf16, tokens/s and MFU
     python scripts/bench_train.py --gpu model.compile=true data.batch_size=32 --plain   # + a hand-written loop
@@ -330,7 +330,7 @@ def gpu_bench(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)  # ratios swing ±10 % per round
     parser.add_argument("--steps", type=int, default=None, help="steps per segment (default model; GPU mode)")
     parser.add_argument("--warmup", type=int, default=None, help="steps dropped at the start of each segment")
     parser.add_argument("--big-steps", type=int, default=30, help="steps per segment of the 6/6/384 GPT")
