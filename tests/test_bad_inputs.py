@@ -137,6 +137,16 @@ ROWS = [
     ),
     Bad("train-trainer-type", lambda w: train(w, "trainer.max_steps=many"), r"trainer\.max_steps='many'.*type int"),
     Bad(
+        "train-sweep-unknown-key",  # found before the sweep folder or its first job exists
+        lambda w: train(w, "-m", "model.n_layyer=1,2", f"hydra.sweep.dir={w}/sweeps/a"),
+        r"model\.n_layyer .*did you mean n_layer",
+    ),
+    Bad(
+        "train-sweep-value-that-breaks-a-key",  # model=lstm has no n_head, which the other overrides set
+        lambda w: train(w, "-m", "model=gpt,lstm", f"hydra.sweep.dir={w}/sweeps/b"),
+        r"model\.n_head is not a setting of model \(LSTMConfig\)",
+    ),
+    Bad(
         "train-heads-do-not-divide",
         lambda w: train(w, "model.n_head=3"),
         r"not divisible by model\.n_head=3",

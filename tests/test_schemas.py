@@ -63,3 +63,16 @@ def test_simple_types_are_checked_and_open_signatures_pass() -> None:
         check_targets({"trainer": {"_target_": "pytorch_lightning.Trainer", "max_steps": "ten"}})
     check_targets({"trainer": {"_target_": "pytorch_lightning.Trainer", "max_steps": 10, "devices": "auto"}})
     check_targets({"x": {"_target_": "builtins.dict", "anything": 1}})  # **kwargs: nothing to check against
+
+
+def test_sweep_check_composes_real_jobs_of_the_grid() -> None:
+    """Each swept value is checked beside the other dimensions' first values, never beside a default no job uses:
+    `model.n_hidden` fits every job of `model=lstm,lstm` although the default model (gpt) has no such key."""
+    from lmlab.cli.validate import check_overrides, grid_jobs
+
+    assert grid_jobs(["p=1"], [["a=1", "a=2"], ["b=x", "b=y"]]) == [
+        ["p=1", "a=1", "b=x"], ["p=1", "a=2", "b=x"], ["p=1", "a=1", "b=y"],
+    ]  # fmt: skip
+    check_overrides("train", ["-m", "model=lstm,lstm", "model.n_hidden=32"])  # no error
+    with pytest.raises(LmlabError, match=r"model\.n_hidden is not a setting of model \(GPTConfig\)"):
+        check_overrides("train", ["-m", "model=lstm,gpt", "model.n_hidden=32"])

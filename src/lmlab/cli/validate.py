@@ -43,8 +43,9 @@ def typed_run(args: list[str]) -> bool:
 
 
 def check_overrides(command: str, overrides: list[str]) -> None:
-    """Compose the command's config with `overrides` (sweeps left out) and turn a composition error caused by a
-    wrong type or an unknown key into a one-line `LmlabError` naming the key path and the fix.
+    """Compose the command's config with `overrides`, and once more with each value of a grid sweep, and turn a
+    composition error caused by a wrong type or an unknown key into a one-line `LmlabError` naming the key path and
+    the fix, before Hydra starts a sweep's first job.
 
     Hydra would refuse them too, but over several lines; errors this does not recognise are left to Hydra.
     """
@@ -54,21 +55,25 @@ def check_overrides(command: str, overrides: list[str]) -> None:
 
     from lmlab.cli.configs import config_dir
 
-    plain = _plain_overrides(overrides)
-    if plain is None:
+    split = _split_overrides(overrides)
+    if split is None:
         return
+    plain, grid = split
+    variants = grid_jobs(plain, grid) or [plain]  # not `plain` alone: a swept key's default may not fit the others
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name=command):
-            try:
-                cfg = compose(command, overrides=plain, return_hydra_config=True)
-            except ConfigCompositionException as err:
-                cause = err.__cause__
-                if isinstance(cause, OmegaConfBaseException):
-                    raise LmlabError(composition_message(command, plain, err, cause)) from err
-                if (found := _FILE_KEY_ERROR.search(str(err))) is not None:  # a config file's key, not an override
-                    raise LmlabError(file_key_message(found)) from err
-                raise
-            check_run_dir(cfg, multirun=any(o in ("-m", "--multirun") for o in overrides))
+            for variant in variants:
+                try:
+                    cfg = compose(command, overrides=variant, return_hydra_config=True)
+                except ConfigCompositionException as err:
+                    cause = err.__cause__
+                    if isinstance(cause, OmegaConfBaseException):
+                        raise LmlabError(composition_message(command, variant, err, cause)) from err
+                    if (found := _FILE_KEY_ERROR.search(str(err))) is not None:  # a config file's key
+                        raise LmlabError(file_key_message(found)) from err
+                    raise
+                if variant is variants[0]:
+                    check_run_dir(cfg, multirun=any(o in ("-m", "--multirun") for o in overrides))
     except LmlabError:
         raise
     except Exception:  # anything else (a missing plugin, a bad sweep): Hydra reports it in its own words
@@ -87,8 +92,14 @@ def check_run_dir(cfg: Any, multirun: bool) -> None:
         check_writable(Path(str(folder)), key, folder=True)
 
 
-def _plain_overrides(overrides: list[str]) -> list[str] | None:
-    """The `key=value` overrides that are not sweeps; None when they cannot be parsed (Hydra will say why)."""
+MAX_SWEEP_CHECKS = 64
+"""At most this many swept values are composed before the sweep starts (the rest are left to each job)."""
+
+
+def _split_overrides(overrides: list[str]) -> tuple[list[str], list[list[str]]] | None:
+    """The `key=value` overrides that are not sweeps, and `key=value` for each value of each grid sweep (`a=1,2`,
+    `choice(...)`, `range(...)`; Optuna's `interval(...)` has no values to list); None when they cannot be parsed
+    (Hydra will say why)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     candidates = [o for o in overrides if not o.startswith("-") and "=" in o]
@@ -96,7 +107,25 @@ def _plain_overrides(overrides: list[str]) -> list[str] | None:
         parsed = OverridesParser.create().parse_overrides(candidates)
     except Exception:
         return None
-    return [o.input_line for o in parsed if not o.is_sweep_override() and o.input_line is not None]
+    plain = [o.input_line for o in parsed if not o.is_sweep_override() and o.input_line is not None]
+    grid = []
+    for override in (o for o in parsed if o.is_sweep_override()):
+        try:
+            grid.append([f"{override.get_key_element()}={value}" for value in override.sweep_string_iterator()])
+        except Exception:  # an interval or another sweep that cannot be enumerated
+            continue
+    return plain, [values for values in grid if values]
+
+
+def grid_jobs(plain: list[str], grid: list[list[str]]) -> list[list[str]]:
+    """Jobs of the grid that together use every swept value once: each dimension's values in turn, the other
+    dimensions at their first value (every one of them is a job the sweep will run); at most `MAX_SWEEP_CHECKS`."""
+    firsts = [values[0] for values in grid]
+    jobs = []
+    for i, values in enumerate(grid):
+        for value in values[1:] if i else values:
+            jobs.append([*plain, *firsts[:i], value, *firsts[i + 1 :]])
+    return jobs[:MAX_SWEEP_CHECKS]
 
 
 def composition_message(command: str, overrides: list[str], err: BaseException, cause: Any) -> str:
