@@ -6,12 +6,11 @@ import functools
 import logging
 from collections import Counter
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmlab.data.labeled import LabeledExamples, LabeledSource, LabeledSplits
-from lmlab.data.sampling import ResumableTrainingData, fixed_generator
+from lmlab.data.sampling import TrainingDataModule, fixed_generator
 from lmlab.data.sharding import EvalShardSampler, process_place
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import Tokenizer, TokenizerConfig
@@ -82,7 +81,7 @@ def pad_batch(examples: list[tuple[list[int], int]], pad_id: int) -> Batch:
     return ids, mask, torch.tensor([label for _, label in examples], dtype=torch.long)
 
 
-class ClassificationDataModule(ResumableTrainingData, pl.LightningDataModule):
+class ClassificationDataModule(TrainingDataModule):
     """Serves shuffled training batches and ordered validation / test batches of labeled text.
 
     Args:
@@ -109,18 +108,9 @@ class ClassificationDataModule(ResumableTrainingData, pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        if block_size < 1 or batch_size < 1:
-            raise LmlabError(f"block_size={block_size} and batch_size={batch_size} must both be positive")
+        super().__init__(tokenizer, block_size, batch_size, eval_batch_size, max_val_tokens, num_workers, seed)
         self.source = source
-        self.tokenizer_config = tokenizer
-        self.block_size = block_size
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
         self.max_train_examples = max_train_examples
-        self.max_val_tokens = max_val_tokens
-        self.num_workers = num_workers
-        self.seed = seed
         self.splits: LabeledSplits | None = None
         self.datasets: dict[str, EncodedExamples] = {}
         self._tokenizer: Tokenizer | None = None

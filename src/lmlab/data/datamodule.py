@@ -6,12 +6,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from lmlab.data.cache import TokenSplits, build_token_cache, load_token_cache
 from lmlab.data.corpora import Corpus
-from lmlab.data.sampling import ResumableTrainingData, fixed_generator
+from lmlab.data.sampling import TrainingDataModule, fixed_generator
 from lmlab.data.sharding import EvalShardSampler, process_place
 from lmlab.data.windows import TokenWindows
 from lmlab.errors import LmlabError
@@ -20,7 +19,7 @@ from lmlab.tokenizers import Tokenizer, TokenizerConfig
 log = logging.getLogger(__name__)
 
 
-class LMDataModule(ResumableTrainingData, pl.LightningDataModule):
+class LMDataModule(TrainingDataModule):
     """Serves shuffled training windows and a fixed, ordered set of validation windows.
 
     The shuffle of epoch `e` is seeded by `seed + e`, and checkpoints remember the position inside the epoch, so a
@@ -55,20 +54,11 @@ class LMDataModule(ResumableTrainingData, pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        if block_size < 1 or batch_size < 1:
-            raise LmlabError(f"block_size={block_size} and batch_size={batch_size} must both be positive")
+        super().__init__(tokenizer, block_size, batch_size, eval_batch_size, max_val_tokens, num_workers, seed)
         self.corpus = corpus
-        self.tokenizer_config = tokenizer
-        self.block_size = block_size
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
         self.val_fraction = val_fraction
-        self.max_val_tokens = max_val_tokens
         self.train_stride = train_stride
         self.cache_dir = Path(cache_dir)
-        self.num_workers = num_workers
-        self.seed = seed
         self._entry: Path | None = None
         self.splits: TokenSplits | None = None
 

@@ -15,6 +15,8 @@ import torch
 from torch.utils.data import Dataset
 
 from lmlab.data.sharding import GlobalBatchSampler, process_place
+from lmlab.errors import LmlabError
+from lmlab.tokenizers import TokenizerConfig
 
 
 class ResumableTrainingData:
@@ -55,6 +57,32 @@ class ResumableTrainingData:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._position = (int(state_dict.get("epoch", 0)), int(state_dict.get("batches", 0)))
+
+
+class TrainingDataModule(ResumableTrainingData, pl.LightningDataModule):
+    """What lmlab's DataModules share: how to get the tokenizer, block and batch sizes (checked), the validation cap,
+    DataLoader workers and the shuffle seed; plus the resumable training order of `ResumableTrainingData`."""
+
+    def __init__(
+        self,
+        tokenizer: TokenizerConfig,
+        block_size: int,
+        batch_size: int,
+        eval_batch_size: int | None = None,
+        max_val_tokens: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if block_size < 1 or batch_size < 1:
+            raise LmlabError(f"block_size={block_size} and batch_size={batch_size} must both be positive")
+        self.tokenizer_config = tokenizer
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.max_val_tokens = max_val_tokens
+        self.num_workers = num_workers
+        self.seed = seed
 
 
 def fixed_generator() -> torch.Generator:
