@@ -164,6 +164,36 @@ def test_non_finite_loss_stops_before_writing_weights(tmp_path: Path, tiny_corpu
         assert all(bool(torch.isfinite(w).all()) for w in load_checkpoint(path).model.state_dict().values())
 
 
+@pytest.mark.parametrize(
+    ("loss", "grad", "precision", "error"),
+    [
+        (1.0, float("inf"), "32-true", r"a gradient is not finite"),
+        (float("nan"), 1.0, "32-true", r"the loss is nan \(not finite\)"),
+        (1.0, 1.0, "32-true", None),
+        (1.0, float("inf"), "16-mixed", None),  # fp16's grad scaler skips such steps itself
+    ],
+)
+def test_finite_loss_checks_loss_and_gradients(loss: float, grad: float, precision: str, error: str | None) -> None:
+    from types import SimpleNamespace
+
+    from lmlab.callbacks import FiniteLoss
+
+    module = torch.nn.Linear(2, 1)
+    for p in module.parameters():
+        p.grad = torch.full_like(p, grad)
+    trainer = SimpleNamespace(
+        precision=precision, global_step=3, checkpoint_callback=None, optimizers=[],
+        strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision),
+    )  # fmt: skip
+    check = FiniteLoss()
+    check.on_before_backward(trainer, module, torch.tensor(loss))
+    if error is None:
+        check.on_before_optimizer_step(trainer, module, None)
+    else:
+        with pytest.raises(LmlabError, match=rf"training stopped at step 4: {error}"):
+            check.on_before_optimizer_step(trainer, module, None)
+
+
 def test_resume_from_a_checkpoint_file_continues_its_run(finished_run: tuple[Path, list[str]]) -> None:
     run_dir, overrides = finished_run
     checkpoint = run_dir / "checkpoints" / "last.ckpt"

@@ -116,8 +116,8 @@ class FiniteLoss(pl.Callback):
     """Stops the run at the first non-finite loss or gradient, before the optimizer step writes it into the weights.
 
     One check per optimizer step: the last micro-batch's loss and the total gradient norm (fused over all gradients)
-    must be finite; under DDP one all-reduce of the flag follows. Gradients are not checked under `16-mixed`
-    precision, whose grad scaler skips overflowing steps by design.
+    must be finite, read back in one synchronisation; under DDP one all-reduce of the flag follows. Gradients are not
+    checked under `16-mixed` precision, whose grad scaler skips overflowing steps by design.
     """
 
     def __init__(self) -> None:
@@ -130,12 +130,14 @@ class FiniteLoss(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         loss, self._loss = self._loss, None
-        loss_ok = loss is None or bool(torch.isfinite(loss).all())
-        grads_ok = True
-        if loss_ok and not str(trainer.precision).startswith("16"):
+        flags = [] if loss is None else [torch.isfinite(loss).all()]
+        if not str(trainer.precision).startswith("16"):
             grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-            grads_ok = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
-        if trainer.strategy.reduce_boolean_decision(not (loss_ok and grads_ok), all=False):
+            if grads:
+                flags.append(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        ok = not flags or bool(torch.stack(flags).all())  # one host-device synchronisation per step
+        if trainer.strategy.reduce_boolean_decision(not ok, all=False):
+            loss_ok = loss is None or bool(torch.isfinite(loss).all())
             what = "a gradient is not finite" if loss_ok else f"the loss is {loss.float().mean().item()} (not finite)"
             self.stop(trainer, pl_module, what)
 
