@@ -15,6 +15,7 @@ import io
 import itertools
 import logging
 import os
+import random
 import re
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
@@ -97,7 +98,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_checkpoint(w / "mismatch.ckpt", GPTConfig(**(TINY | {"vocab_size": VOCAB - 5}), n_head=2, n_embd=16))
     data = gpt.read_bytes()
     (w / "truncated.ckpt").write_bytes(data[: len(data) // 2])
-    (w / "garbage.ckpt").write_bytes(os.urandom(4096))
+    (w / "garbage.ckpt").write_bytes(random.Random(0).randbytes(4096))  # seeded: the same bytes every run
     (w / "empty.ckpt").write_bytes(b"")
     torch.save({"weights": torch.zeros(3)}, w / "foreign.ckpt")  # a torch file, not an lmlab checkpoint
     (w / "no_ckpt_run").mkdir()

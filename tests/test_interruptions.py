@@ -18,6 +18,7 @@ from lmlab.checkpoint import load_checkpoint, read_checkpoint
 from lmlab.checkpoint_io import AtomicCheckpointIO, trainer_plugins
 from lmlab.cli.resume import checkpoints_of
 from lmlab.cli.train import build_trainer, train
+from lmlab.errors import LmlabError
 from tests.conftest import TINY_MODEL, TINY_OVERRIDES, TINY_TEXT, compose_train
 
 SLURM_ENV = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "lmlab", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
@@ -149,3 +150,14 @@ def test_sigkill_loop_resumes_to_the_end_and_every_checkpoint_loads(tmp_path: Pa
     for path in checkpoints_of(run_dir):
         load_checkpoint(path)
     assert len((run_dir / "resumes.log").read_text().splitlines()) >= kills
+
+
+def test_any_bytes_that_are_not_a_checkpoint_give_one_line(tmp_path: Path) -> None:
+    """Random bytes fail torch.load in many ways (zip and pickle errors, but also IndexError, KeyError, ...): every
+    one becomes the one-line error, never a traceback."""
+    rng = random.Random(0)
+    path = tmp_path / "garbage.ckpt"
+    for _ in range(300):
+        path.write_bytes(rng.randbytes(1024))
+        with pytest.raises(LmlabError, match=r"cannot read checkpoint .*; it may be truncated or corrupt"):
+            read_checkpoint(path)

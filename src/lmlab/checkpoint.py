@@ -7,8 +7,7 @@ A checkpoint describes itself: `hyper_parameters["model"]` is the model config w
 
 from __future__ import annotations
 
-import pickle
-import zipfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,8 +59,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The raw checkpoint dict, loaded safely; corrupt or foreign files become one-line errors."""
     path = resolve_checkpoint(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 97": noise before the error below
+            warnings.simplefilter("ignore", UserWarning)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # bytes that are not a checkpoint fail in many ways (IndexError, KeyError, zip, pickle…)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LmlabError(f"cannot read checkpoint {path} ({first[:120]}); it may be truncated or corrupt") from err
     if not isinstance(checkpoint, dict) or "lmlab" not in checkpoint or "state_dict" not in checkpoint:
