@@ -8,6 +8,7 @@ import re
 import pytest
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from lmlab.errors import LmlabError
@@ -30,6 +31,27 @@ def test_masking_statistics_are_15_80_10_10() -> None:
     # random replacements equal the original 1 % of the time, so "kept" is 10 % + 10 % * 1 %
     assert kept == pytest.approx(0.10 + 0.001, abs=0.01)
     assert 1 - masked - kept == pytest.approx(0.10 - 0.001, abs=0.01)
+
+
+@pytest.mark.parametrize(("block", "expected"), [(256, 38), (64, 10), (8, 1), (3, 1)])
+def test_every_window_predicts_the_same_number_of_tokens(block: int, expected: int) -> None:
+    generator = torch.Generator().manual_seed(block)
+    ids = torch.randint(0, 100, (32, block), generator=generator)
+    _, labels = mask_tokens(ids, mask_id=100, replacement_ids=torch.arange(100), generator=generator)
+    assert ((labels != IGNORE).sum(-1) == expected).all()  # round(0.15 * block), at least one
+
+
+def test_masked_lm_loss_under_accumulation_is_the_global_batch_mean() -> None:
+    """Mean of two half-batch losses == loss over every masked token of the batch (the accumulation identity)."""
+    torch.manual_seed(0)
+    task = make_masked(BERT, mask_id=19)
+    inputs, labels = task.masked(torch.randint(0, 19, (6, BERT.block_size)), torch.Generator().manual_seed(0))
+    logits = task(inputs).float()  # (B, T, V)
+
+    def loss(rows: slice) -> torch.Tensor:
+        return F.cross_entropy(logits[rows].flatten(0, 1), labels[rows].flatten(), ignore_index=IGNORE)
+
+    assert ((loss(slice(0, 3)) + loss(slice(3, 6))) / 2).item() == pytest.approx(loss(slice(0, 6)).item(), rel=1e-6)
 
 
 def test_random_replacements_avoid_special_ids() -> None:

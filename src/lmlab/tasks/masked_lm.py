@@ -27,11 +27,16 @@ def mask_tokens(
     random_prob: float = 0.1,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT masking of ids (B, T): select `select_prob` of the tokens; of those, `mask_prob` become `mask_id`,
-    `random_prob` a random id from `replacement_ids`, the rest stay. Returns (inputs, labels), labels = IGNORE
-    where a token was not selected."""
+    """BERT masking of ids (B, T): select round(`select_prob` * T) positions of every row (at least one), as BERT's
+    own data pipeline does; of those, `mask_prob` become `mask_id`, `random_prob` a random id from
+    `replacement_ids`, the rest stay. Returns (inputs, labels), labels = IGNORE where a token was not selected.
+
+    Every row predicting the same number of tokens makes the loss of a batch the mean of its rows' losses, so the mean
+    over micro-batches (gradient accumulation, data-parallel processes) equals the mean over the global batch."""
+    num_selected = max(1, round(select_prob * ids.size(-1)))
     u = torch.rand(ids.shape, generator=generator, device=ids.device)
-    selected = u < select_prob  # (B, T)
+    chosen = u.topk(num_selected, dim=-1, largest=False).indices  # (B, num_selected): uniform random positions
+    selected = torch.zeros_like(ids, dtype=torch.bool).scatter_(-1, chosen, True)  # (B, T)
     action = torch.rand(ids.shape, generator=generator, device=ids.device)
     to_mask = selected & (action < mask_prob)
     to_random = selected & (action >= mask_prob) & (action < mask_prob + random_prob)
