@@ -3,7 +3,8 @@
     python scripts/bench_train.py                  # CPU, fp32: the comparisons below, 7 rounds (~8 min on 2 cores)
     python scripts/bench_train.py --rounds 5 --threads 2
     python scripts/bench_train.py --gpu            # CUDA: the 124 M GPT-2 shape in bf16, tokens/s and MFU
-    python scripts/bench_train.py --gpu model.compile=true data.batch_size=32 --plain   # + a hand-written loop
+    python scripts/bench_train.py --gpu model.compile=true data.batch_size=32 --plain --hf   # + a hand-written
+                                                   # loop and HF's Trainer on the same batches
 
 CPU mode measures side by side in one run; each round runs every path once, in a rotated order, and the ratios
 are the medians of per-round ratios (the machine's speed drifts between rounds, a pair within a round much less):
@@ -18,7 +19,8 @@ Only steady-state steps count: the first `--warmup` steps of each segment are dr
 
 GPU mode trains the GPT-2 small shape (12/12/768, block 1024, vocabulary 50,304 as nanoGPT pads it) through
 lmlab's Trainer path on random tokens with `hardware=gpu` (bf16-mixed) unless overridden, and prints steady-state
-tokens/s and MFU against the GPU's peak from Lightning's table.
+tokens/s and MFU against the GPU's peak from Lightning's table; `--plain` and `--hf` time a hand-written loop and
+`transformers.Trainer` (bf16, a `GPT2LMHeadModel` of the same shape) on the same batches.
 """
 
 from __future__ import annotations
@@ -131,9 +133,13 @@ def hf_model(cfg: DictConfig, vocab_size: int) -> torch.nn.Module:
         return GPT2LMHeadModel(config)
 
 
-def hf_trainer_path(model: torch.nn.Module, cfg: DictConfig, batches: list, warmup: int, tmp: str) -> float:
+def hf_trainer_path(
+    model: torch.nn.Module, cfg: DictConfig, batches: list, warmup: int, tmp: str, compile: bool = False
+) -> float:
     """`transformers.Trainer` on the same windows (input_ids = x; the model shifts its labels), AdamW with the same
-    hyper-parameters, cosine schedule and clipping; no evaluation, saving or logging."""
+    hyper-parameters, cosine schedule and clipping; no evaluation, saving or logging. On CUDA it trains in bf16 when
+    `cfg` does (`bf16=True`, HF's mixed precision) and compiles the model when `compile` is set; the rest is HF's
+    defaults (fused AdamW with torch >= 2.8, its own data loader)."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     class Timer(TrainerCallback):
@@ -141,19 +147,22 @@ def hf_trainer_path(model: torch.nn.Module, cfg: DictConfig, batches: list, warm
 
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step == warmup and not self.start:
+                synchronize()
                 Timer.start = time.perf_counter()
 
         def on_train_end(self, args, state, control, **kwargs):
+            synchronize()
             Timer.end = time.perf_counter()
 
     rows = [{"input_ids": x[i], "labels": x[i]} for x, _ in batches for i in range(x.size(0))]
-    opt = cfg.optimizer
+    opt, cuda = cfg.optimizer, torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=tmp, max_steps=len(batches), per_device_train_batch_size=batches[0][0].size(0),
         learning_rate=opt.lr, weight_decay=cfg.task.weight_decay, adam_beta1=opt.betas[0], adam_beta2=opt.betas[1],
         adam_epsilon=opt.eps, lr_scheduler_type="cosine", warmup_steps=cfg.scheduler.get("warmup_steps", 0),
         max_grad_norm=cfg.trainer.gradient_clip_val, logging_strategy="no", save_strategy="no", eval_strategy="no",
-        report_to="none", disable_tqdm=True, use_cpu=True, dataloader_pin_memory=False, seed=cfg.seed,
+        report_to="none", disable_tqdm=True, use_cpu=not cuda, dataloader_pin_memory=cuda, seed=cfg.seed,
+        bf16=cuda and str(cfg.trainer.precision) == "bf16-mixed", torch_compile=compile,
     )  # fmt: skip
     Trainer(model=model, args=args, train_dataset=rows, callbacks=[Timer()]).train()
     return Timer.end - Timer.start
@@ -321,11 +330,19 @@ def gpu_bench(args: argparse.Namespace) -> None:
         print("MFU: unknown (the GPU is not in Lightning's table; set callbacks.throughput.peak_flops=<FLOP/s>)")
     if torch.cuda.is_available():
         print(f"peak memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB allocated")
+    timed = (args.steps - args.warmup) * batch * block
     if initial is not None:
-        seconds = plain_gpu_loop(initial, cfg, loader, args.warmup)
-        plain = (args.steps - args.warmup) * batch * block / seconds
+        plain = timed / plain_gpu_loop(initial, cfg, loader, args.warmup)
         print(f"plain PyTorch loop: {plain:,.0f} tokens/s ({plain * flops / 1e12:.1f} TFLOP/s); "
               f"lmlab / plain = {tokens_per_sec / plain:.3f}")  # fmt: skip
+    if args.hf:
+        compiled = bool(cfg.model.get("compile", False))
+        for hf_compile in sorted({False, compiled}):  # HF's default (eager), and compiled as lmlab is
+            model = hf_model(cfg, vocab)
+            hf = timed / hf_trainer_path(model, cfg, list(loader), args.warmup, tmp, compile=hf_compile)
+            ratio, target = tokens_per_sec / hf, TARGETS["hf"]
+            print(f"HF Trainer, GPT2LMHeadModel, torch_compile={hf_compile}: {hf:,.0f} tokens/s; lmlab / HF = "
+                  f"{ratio:.3f} (target >= {target}: {'met' if ratio >= target else 'MISS'})")  # fmt: skip
 
 
 def main() -> None:
@@ -339,6 +356,9 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="the GPT-2 small shape on CUDA instead (bf16-mixed)")
     parser.add_argument("--vocab-size", type=int, default=50304, help="GPU mode: the model's vocabulary")
     parser.add_argument("--plain", action="store_true", help="GPU mode: also time a hand-written loop (one GPU)")
+    parser.add_argument(
+        "--hf", action="store_true", help="GPU mode: also time HF's Trainer (eager, and compiled when lmlab is)"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every lmlab model, e.g. data.batch_size=8")
     args = parser.parse_args()
     if args.gpu:

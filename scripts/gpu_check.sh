@@ -4,17 +4,20 @@
 #     bash scripts/gpu_check.sh            # all three checks (about 5-10 minutes on one H100/H200)
 #     STEPS=100 bash scripts/gpu_check.sh  # shorter training runs
 #     BENCH_BATCHES="16 32" bash scripts/gpu_check.sh  # the benchmark at each of these micro-batch sizes
+#     BENCH_COMPARE="" bash scripts/gpu_check.sh         # lmlab alone (default: also a plain loop and HF's Trainer)
 #
 # (i)   bf16-mixed training with `model.compile=true` (nanoGPT's 10.7 M baby GPT, experiment=shakespeare_char_gpu)
 # (ii)  the `hardware=fsdp` profile (FSDP2) on every visible GPU, same experiment
 # (iii) the throughput benchmark of the 124 M GPT-2 shape in bf16 (scripts/bench_train.py --gpu): tokens/s and MFU
-#       against the GPU's peak from Lightning's table (target >= 40 %)
+#       against the GPU's peak from Lightning's table (target >= 40 %); at the last micro-batch size also a
+#       hand-written loop and HF's Trainer (eager and compiled) on the same batches (target lmlab >= 1.3x HF)
 # Each run's end-of-run summary also prints tokens/s, MFU and peak memory; summaries land in $OUT_DIR.
 # A failed check does not stop the others; the exit status is 1 if any failed, 2 without a CUDA GPU.
 set -uo pipefail
 
 STEPS=${STEPS:-300}
 BENCH_BATCHES=${BENCH_BATCHES:-32}
+BENCH_COMPARE=${BENCH_COMPARE---plain --hf}
 OUT_DIR=${OUT_DIR:-outputs/gpu_check/$(date +%Y-%m-%d_%H-%M-%S)}
 PYTHON=${PYTHON:-python}
 
@@ -50,10 +53,14 @@ echo "== (ii) hardware=fsdp on $gpus GPU(s)"
 lmlab train "${common[@]}" hardware=fsdp "trainer.devices=$gpus" "hydra.run.dir=$OUT_DIR/fsdp" \
   && summary "$OUT_DIR/fsdp" || failed+=("(ii) fsdp")
 
+last_batch=${BENCH_BATCHES##* }
 for batch in $BENCH_BATCHES; do
-  echo "== (iii) throughput of the 124 M GPT-2 shape, bf16-mixed, compiled, micro-batch $batch x 1024"
-  "$PYTHON" scripts/bench_train.py --gpu model.compile=true "data.batch_size=$batch" 2>&1 \
-    | tee "$OUT_DIR/bench_gpt2_b$batch.txt" | grep -v "^\s*$" | tail -5 || failed+=("(iii) bench batch $batch")
+  compare=()
+  [[ "$batch" == "$last_batch" ]] && read -ra compare <<< "$BENCH_COMPARE"
+  echo "== (iii) throughput of the 124 M GPT-2 shape, bf16-mixed, compiled, micro-batch $batch x 1024 ${compare[*]}"
+  "$PYTHON" scripts/bench_train.py --gpu "${compare[@]}" model.compile=true "data.batch_size=$batch" 2>&1 \
+    | tee "$OUT_DIR/bench_gpt2_b$batch.txt" | grep -E "steady state|MFU|peak memory|plain PyTorch|HF Trainer|Error" \
+    || failed+=("(iii) bench batch $batch")
 done
 
 if (( ${#failed[@]} )); then

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
@@ -35,3 +41,38 @@ def test_finetune_results_pairs_each_seed_and_averages(tmp_path: Path, capsys) -
     assert "(seed 1): pretrained on IMDB text 0.7000, from scratch 0.7200 test accuracy (-2.0 points)" in out
     assert "(seed 3)" not in out
     assert "mean over 3 seeds: pretrained 0.7500, from scratch 0.7067 (+4.3 points); pretrained ahead in 2 of 3" in out
+
+
+def run_bench(tmp_path: Path, *args: str) -> str:
+    env = {**os.environ, "LMLAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_train.py"), *args], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def rates(pattern: str, text: str) -> list[float]:
+    return [float(value.replace(",", "")) for value in re.findall(pattern, text)]
+
+
+@pytest.mark.slow
+def test_bench_train_cpu_mode_prints_every_comparison(tmp_path: Path) -> None:
+    out = run_bench(tmp_path, "--rounds", "1", "--steps", "4", "--warmup", "1", "--big-steps", "3", "--big-warmup", "1")
+    rows = [line.split() for line in out.splitlines() if line.startswith(("default ", "6/6/384 "))]
+    table = {row[0]: row[1:] for row in rows}
+    assert len(table["default"]) == 4 and len(table["6/6/384"]) == 5  # plain, lmlab, (HF,) ratios
+    assert all(float(v.replace(",", "")) > 0 for row in table.values() for v in row if v != "-")
+    assert len(re.findall(r"^  (met |MISS) ", out, flags=re.M)) == 4  # 2 x plain, HF, MFU
+    assert 0 < rates(r"MFU of lmlab's 6/6/384 GPT: ([\d.]+)%", out)[0] < 200
+
+
+@pytest.mark.slow
+def test_bench_train_gpu_mode_times_plain_and_hf_on_the_same_batches(tmp_path: Path) -> None:
+    """GPU mode's three paths, run on the CPU with a tiny model (the H200 run is `scripts/gpu_check.sh`)."""
+    tiny = ["hardware=cpu", "model=gpt", "model.block_size=16", "model.n_layer=1", "model.n_embd=16",
+            "model.n_head=2", "trainer.precision=32-true", "data.batch_size=2"]  # fmt: skip
+    out = run_bench(tmp_path, "--gpu", "--plain", "--hf", "--steps", "5", "--warmup", "2", "--vocab-size", "50", *tiny)
+    assert rates(r"steady state \(3 steps\): ([\d,]+) tokens/s", out)[0] > 0
+    assert rates(r"plain PyTorch loop: ([\d,]+) tokens/s", out)[0] > 0
+    assert rates(r"HF Trainer, GPT2LMHeadModel, torch_compile=False: ([\d,]+) tokens/s", out)[0] > 0
+    assert "torch_compile=True" not in out  # lmlab did not compile, so HF is timed only as it ships
