@@ -146,11 +146,26 @@ def test_resume_auto_finds_the_run_of_the_same_config(finished_run: tuple[Path, 
     assert checkpoint is None and cfg.paths.output_dir == other.paths.output_dir
 
 
-def test_non_finite_loss_stops_before_writing_weights(tmp_path: Path, tiny_corpus: Path) -> None:
+@pytest.mark.parametrize(
+    "mode", ["read-at-once", "deferred-on-cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+)  # fmt: skip
+def test_non_finite_loss_stops_before_writing_weights(
+    tmp_path: Path, tiny_corpus: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deferred: the GPU path (flag to fused AdamW's found_inf, read one step later), forced on the CPU; `cuda`
+    takes it by default (one GPU, fused AdamW, bf16-mixed)."""
+    import lmlab.callbacks
+    from lmlab.callbacks import FiniteLoss, GracefulInterrupt, RNGState
+
+    if mode == "deferred-on-cpu":
+        monkeypatch.setattr(
+            lmlab.callbacks, "safety_callbacks", lambda i=None: [RNGState(), i or GracefulInterrupt(), FiniteLoss(True)]
+        )
     explode = [
         *base_overrides(tiny_corpus),
         "trainer.max_steps=40",
         "optimizer.lr=1e12",
+        "hardware=gpu" if mode == "cuda" else f"optimizer.fused={str(mode == 'deferred-on-cpu').lower()}",
         "trainer.gradient_clip_val=null",
         "+callbacks.model_checkpoint.every_n_train_steps=1",
         "callbacks.model_checkpoint.monitor=null",
@@ -192,6 +207,56 @@ def test_finite_loss_checks_loss_and_gradients(loss: float, grad: float, precisi
     else:
         with pytest.raises(LmlabError, match=rf"training stopped at step 4: {error}"):
             check.on_before_optimizer_step(trainer, module, None)
+
+
+@pytest.mark.parametrize("last_step", [False, True], ids=["caught-next-step", "caught-at-train-end"])
+def test_deferred_check_skips_the_bad_step_and_stops_with_its_number(last_step: bool) -> None:
+    """The GPU path on the CPU: the flag goes to fused AdamW (no weight or moment changes), the error comes one step
+    later (or when training ends) and names the bad step."""
+    from types import SimpleNamespace
+
+    from lmlab.callbacks import FiniteLoss
+
+    module = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=0.1, fused=True)
+    trainer = SimpleNamespace(
+        precision="32-true", global_step=3, checkpoint_callback=None, optimizers=[optimizer], world_size=1,
+        strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision),
+    )  # fmt: skip
+    check = FiniteLoss(deferred=True)
+
+    def step(grad: float) -> None:
+        for p in module.parameters():
+            p.grad = torch.full_like(p, grad)
+        check.on_before_backward(trainer, module, torch.tensor(1.0))
+        check.on_before_optimizer_step(trainer, module, optimizer)
+        optimizer.step()
+        trainer.global_step += 1
+
+    step(1.0)
+    before = [p.detach().clone() for p in module.parameters()]
+    moments = [optimizer.state[p]["exp_avg"].clone() for p in module.parameters()]
+    step(float("nan"))  # step 5: no error yet, and nothing changed
+    assert all(torch.equal(a, p) for a, p in zip(before, module.parameters(), strict=True))
+    assert all(torch.equal(m, optimizer.state[p]["exp_avg"]) for m, p in zip(moments, module.parameters(), strict=True))
+    with pytest.raises(LmlabError, match=r"training stopped at step 5: a gradient is not finite"):
+        check.on_train_end(trainer, module) if last_step else step(1.0)
+    assert all(torch.equal(a, p) for a, p in zip(before, module.parameters(), strict=True))
+
+
+def test_finite_loss_reads_back_at_once_off_cuda_and_with_unfused_optimizers() -> None:
+    from types import SimpleNamespace
+
+    from lmlab.callbacks import FiniteLoss
+
+    params = [torch.nn.Parameter(torch.ones(1))]
+    fused, plain = torch.optim.AdamW(params, fused=True), torch.optim.AdamW(params)
+    cpu = SimpleNamespace(world_size=1, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    cuda = SimpleNamespace(world_size=1, strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    two_gpus = SimpleNamespace(world_size=2, strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    assert FiniteLoss().defers(cuda, fused) and not FiniteLoss().defers(cuda, plain)
+    assert not FiniteLoss().defers(cpu, fused) and not FiniteLoss().defers(two_gpus, fused)
+    assert FiniteLoss(deferred=True).defers(cpu, fused) and not FiniteLoss(deferred=False).defers(cuda, fused)
 
 
 def test_resume_from_a_checkpoint_file_continues_its_run(finished_run: tuple[Path, list[str]]) -> None:

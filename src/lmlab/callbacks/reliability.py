@@ -116,12 +116,21 @@ class FiniteLoss(pl.Callback):
     """Stops the run at the first non-finite loss or gradient, before the optimizer step writes it into the weights.
 
     One check per optimizer step: the last micro-batch's loss and the total gradient norm (fused over all gradients)
-    must be finite, read back in one synchronisation; under DDP one all-reduce of the flag follows. Gradients are not
-    checked under `16-mixed` precision, whose grad scaler skips overflowing steps by design.
+    must be finite. Gradients are not checked under `16-mixed` precision, whose grad scaler skips overflowing steps by
+    design. The check does not make the GPU wait where it can be deferred: on one CUDA device with a fused optimizer
+    (lmlab's AdamW there) the flag goes to the optimizer's `found_inf` input, the same one PyTorch's grad scaler uses,
+    so a bad step leaves weights and optimizer state untouched on the device, and it is read back one step later
+    (without the GPU's queue running dry) to stop the run. Elsewhere the flag is read back at once, in one
+    synchronisation; under DDP one all-reduce of it follows.
+
+    Args:
+        deferred: defer the read-back where the optimizer supports it (None: on one CUDA device).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, deferred: bool | None = None) -> None:
+        self.deferred = deferred
         self._loss: torch.Tensor | None = None
+        self._pending: tuple[int, torch.Tensor, torch.Tensor | None, Any] | None = None  # step, flags, loss, event
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         self._loss = loss.detach()  # checked with the gradients: one synchronisation per step, not two
@@ -129,26 +138,64 @@ class FiniteLoss(pl.Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        self.check_pending(trainer, pl_module)  # the previous step's flags, copied back while this step ran
         loss, self._loss = self._loss, None
         flags = [] if loss is None else [torch.isfinite(loss).all()]
         if not str(trainer.precision).startswith("16"):
             grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
             if grads:
                 flags.append(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
-        ok = not flags or bool(torch.stack(flags).all())  # one host-device synchronisation per step
+        if not flags:
+            return
+        finite = torch.stack(flags)  # (1 or 2,): loss, gradients
+        optimizer = getattr(optimizer, "_optimizer", optimizer)  # under a LightningOptimizer wrapper
+        if self.defers(trainer, optimizer):
+            optimizer.found_inf = (~finite.all()).float()  # the fused step is a no-op where this is 1
+            host = torch.empty(finite.shape, dtype=torch.bool, pin_memory=finite.is_cuda)
+            host.copy_(finite, non_blocking=True)
+            event = torch.cuda.Event() if finite.is_cuda else None
+            if event is not None:
+                event.record()
+            self._pending = (trainer.global_step + 1, host, loss, event)
+            return
+        self.judge(trainer, pl_module, trainer.global_step + 1, finite, loss)  # one host-device synchronisation
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check_pending(trainer, pl_module)  # a bad last step was skipped; it still stops the run with the error
+
+    def defers(self, trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether this step's flag can go to the optimizer instead of being read back now."""
+        fused = getattr(optimizer, "_step_supports_amp_scaling", False) and optimizer.defaults.get("fused", False)
+        if not fused or self.deferred is not None:
+            return bool(fused and self.deferred)
+        return trainer.strategy.root_device.type == "cuda" and trainer.world_size == 1
+
+    def check_pending(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending is None:
+            return
+        (step, finite, loss, event), self._pending = self._pending, None
+        if event is not None:
+            event.synchronize()  # queued one step ago: the GPU is already busy with the next step
+        self.judge(trainer, pl_module, step, finite, loss)
+
+    def judge(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, finite: torch.Tensor, loss: Any
+    ) -> None:
+        """Stop with the error if the flags of `step` (on any process) say a value was not finite."""
+        ok = bool(finite.all())
         if trainer.strategy.reduce_boolean_decision(not ok, all=False):
             loss_ok = loss is None or bool(torch.isfinite(loss).all())
             what = "a gradient is not finite" if loss_ok else f"the loss is {loss.float().mean().item()} (not finite)"
-            self.stop(trainer, pl_module, what)
+            self.stop(trainer, pl_module, step, what)
 
     @staticmethod
-    def stop(trainer: pl.Trainer, pl_module: pl.LightningModule, what: str) -> None:
+    def stop(trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, what: str) -> None:
         callback = trainer.checkpoint_callback
         kept = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
         kept_text = f"the last good checkpoint {kept} is kept" if kept else "no checkpoint had been written yet"
         lrs = ", ".join(f"{group['lr']:g}" for opt in trainer.optimizers for group in opt.param_groups[:1])
         raise LmlabError(
-            f"training stopped at step {trainer.global_step + 1}: {what}, so no weights were updated and "
+            f"training stopped at step {step}: {what}, so no weights were updated and "
             f"{kept_text}; likely causes: a learning rate too high (lr {lrs or '?'}; lower optimizer.lr), fp16 "
             "overflow (use trainer.precision=bf16-mixed or 32-true), or bad data (NaN/huge values in the batch)"
         )
