@@ -44,6 +44,7 @@ from lmlab.cli.configs import config_dir
 from lmlab.cli.train import build_datamodule, build_task, build_trainer
 from lmlab.perf import cpu_matmul_flops
 from lmlab.tasks import decay_groups
+from lmlab.tasks.base import token_cross_entropy
 
 BIG = ["model.n_layer=6", "model.n_head=6", "model.n_embd=384", "model.bias=true"]
 TARGETS = {"plain": 0.97, "hf": 1.3, "mfu": 0.60}
@@ -261,14 +262,17 @@ class RandomTokens(torch.utils.data.Dataset):
 
 
 def plain_gpu_loop(model: torch.nn.Module, cfg: DictConfig, loader: Any, warmup: int) -> float:
-    """The hand-written CUDA loop of nanoGPT's kind: the same model (compiled when the config says so), bf16
-    autocast, fused AdamW, clipping and batches; seconds from step `warmup` to the end."""
+    """The hand-written CUDA loop of nanoGPT's kind: the same model (compiled with its loss when the config says
+    so, as nanoGPT compiles the loss inside its model), bf16 autocast, fused AdamW, clipping and batches; seconds
+    from step `warmup` to the end."""
     from hydra.utils import instantiate
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CPU: to try the script without a GPU
     model.to(device).train()
+    loss_fn = token_cross_entropy
     if cfg.model.get("compile", False):
         model.compile()
+        loss_fn = torch.compile(token_cross_entropy)
     optimizer = instantiate(cfg.optimizer)(decay_groups(model, cfg.task.weight_decay), fused=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=str(cfg.trainer.precision) == "bf16-mixed")
     start = 0.0
@@ -278,7 +282,7 @@ def plain_gpu_loop(model: torch.nn.Module, cfg: DictConfig, loader: Any, warmup:
             start = time.perf_counter()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast:
-            loss = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
+            loss = loss_fn(model(x), y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.gradient_clip_val)
         optimizer.step()

@@ -138,13 +138,22 @@ def fit(cfg) -> tuple[pl.LightningModule, float]:
     return task, float(trainer.callback_metrics["train/loss"])
 
 
+MASKED_LM = ["model=bert", "model.dropout=0", "task=masked_lm", "tokenizer.special_tokens=['<mask>']"]  # no dropout:
+# compiled dropout draws from another random stream
+
+
 @pytest.mark.slow
-def test_compile_trains_the_inner_model(tmp_path: Path, tiny_corpus: Path) -> None:
-    data = ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]", "trainer.max_steps=3", "logger=none"]
-    _, eager_loss = fit(compose_train(tmp_path / "eager", data))
+@pytest.mark.parametrize("objective", [[], MASKED_LM], ids=["causal_lm", "masked_lm"])
+def test_compile_trains_the_inner_model(tmp_path: Path, tiny_corpus: Path, objective: list[str]) -> None:
+    from lmlab.tasks.base import token_cross_entropy
+
+    data = ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]", "trainer.max_steps=3", "logger=none", *objective]
+    eager, eager_loss = fit(compose_train(tmp_path / "eager", data))
     task, compiled_loss = fit(compose_train(tmp_path / "compiled", [*data, "model.compile=true"]))
     assert task.model._compiled_call_impl is not None  # the nn.Module, not the LightningModule, was compiled
     assert not hasattr(task, "_orig_mod") and "model.wte.weight" in task.state_dict()  # checkpoint keys unchanged
+    assert eager.token_loss is token_cross_entropy  # and the token loss with it (fused log-softmax and gradient)
+    assert task.token_loss._torchdynamo_orig_callable is token_cross_entropy
     assert compiled_loss == pytest.approx(eager_loss, abs=1e-4)
 
 

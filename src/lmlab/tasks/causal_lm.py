@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchmetrics import SumMetric
 
 from lmlab.errors import LmlabError
@@ -64,7 +63,7 @@ class CausalLMTask(ModelTask):
         return self.model(idx)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction)
+        return self.token_loss(logits, targets, reduction)  # logits (B, T, V), targets (B, T)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         if getattr(self.model, "counting", False):

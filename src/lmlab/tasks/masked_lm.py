@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torchmetrics import SumMetric
 
 from lmlab.errors import LmlabError
@@ -109,7 +108,7 @@ class MaskedLMTask(ModelTask):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, labels = self.masked(batch[0])
         logits = self(inputs)  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+        loss = self.token_loss(logits, labels, ignore_index=IGNORE)
         self.log_train_loss(loss)
         return loss
 
@@ -117,10 +116,10 @@ class MaskedLMTask(ModelTask):
         x = batch[0]
         generator = torch.Generator(device=x.device).manual_seed(self.seed + batch_idx)
         inputs, labels = self.masked(x, generator)
-        logits = self(inputs).flatten(0, 1).float()  # (B*T, V)
+        logits = self(inputs).flatten(0, 1)  # (B*T, V)
         labels = labels.flatten()
         chosen = labels != IGNORE
-        self.val_nats.update(F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum"))
+        self.val_nats.update(self.token_loss(logits, labels, "sum", IGNORE))
         self.val_correct.update((logits[chosen].argmax(-1) == labels[chosen]).sum().float())
         self.val_count.update(chosen.sum().float())
 
