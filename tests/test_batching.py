@@ -149,3 +149,23 @@ def test_two_processes_match_one_process_with_accumulation(
     loaded = load_checkpoint(run_dir)  # one whole checkpoint file (FSDP gathers it), readable by every command
     ids = torch.tensor([[1, 2, 3]])
     assert loaded.model(ids).shape == (1, 3, loaded.model.config.vocab_size)
+
+
+@pytest.mark.slow
+def test_fsdp_on_cpu_trains_with_the_default_fused_adamw(tmp_path: Path, tiny_corpus: Path) -> None:
+    """lmlab's default optimizer (AdamW, fused on CPU too) under FSDP2's sharded parameters, against one process."""
+    adamw = [o for o in CURVE if not o.startswith(("optimizer", "~optimizer", "trainer.gradient_clip"))]
+    curves = {}
+    for name, profile in (("one", ["hardware=cpu"]), ("fsdp", PROFILES["fsdp_cpu"])):
+        run = tmp_path / name
+        result = run_cli(
+            "train", *adamw, "data=text_files", f"data.corpus.paths=[{tiny_corpus}]", "data.batch_size=4", *profile,
+            f"hydra.run.dir={run}", cwd=tmp_path, env={"LMLAB_CACHE": str(tmp_path / "cache")}, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
+        curves[name] = [float(r["train/loss"]) for r in rows if r["train/loss"]]
+        state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        assert state["optimizer_states"][0]["param_groups"][0]["fused"] is True
+    assert curves["fsdp"] == pytest.approx(curves["one"], abs=1e-4)
+    assert curves["fsdp"][-1] < curves["fsdp"][0]

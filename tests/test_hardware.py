@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 from pytorch_lightning.strategies import DDPStrategy
 
 from lmlab import hardware
@@ -72,12 +73,15 @@ def test_half_precision_on_cpu_warns_once(monkeypatch, caplog) -> None:
     hardware.warn_slow_cpu_precision.cache_clear()
 
 
-def test_fused_adamw_only_on_cuda_when_left_to_lmlab() -> None:
+def test_fused_adamw_on_cuda_and_cpu_when_left_to_lmlab() -> None:
     auto = functools.partial(torch.optim.AdamW, lr=1e-3, fused=None)
     assert fused_option(auto, torch.device("cuda")) == {"fused": True}
-    assert fused_option(auto, torch.device("cpu")) == {}
+    assert fused_option(auto, torch.device("cpu")) == {"fused": True}
+    assert fused_option(auto, torch.device("meta")) == {}  # no fused kernel there: torch's default
     assert fused_option(functools.partial(torch.optim.AdamW, fused=False), torch.device("cuda")) == {}
     assert fused_option(functools.partial(torch.optim.SGD, lr=0.1), torch.device("cuda")) == {}
+    assert fused_option(functools.partial(torch.optim.SGD, lr=0.1, fused=None), torch.device("cuda")) == {}
+    assert fused_option(functools.partial(torch.optim.Adam, fused=None), torch.device("cpu")) == {"fused": True}
     assert fused_option(auto, torch.device("cuda"), loss_scaling=True) == {}  # fp16: Lightning could not clip
 
 
@@ -106,7 +110,10 @@ def test_optimizer_config_leaves_fused_to_lmlab(cfg_train) -> None:
     datamodule = build_datamodule(cfg_train)
     task = build_task(cfg_train, datamodule.tokenizer, datamodule)
     optimizer = task.configure_optimizers()["optimizer"]
-    assert cfg_train.optimizer.fused is None and optimizer.defaults["fused"] is None  # CPU: torch's default
+    assert cfg_train.optimizer.fused is None and optimizer.defaults["fused"] is True  # CPU: the fused kernel too
+    forced = OmegaConf.merge(cfg_train, {"optimizer": {"fused": False}})
+    optimizer = build_task(forced, datamodule.tokenizer, datamodule).configure_optimizers()["optimizer"]
+    assert optimizer.defaults["fused"] is False  # the config's choice wins
 
 
 def loss_and_grads(checkpointing: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:

