@@ -175,3 +175,49 @@ def test_gpu_bf16_compile_and_fused_adamw(tmp_path: Path, tiny_corpus: Path) -> 
     task, loss = fit(cfg)
     assert task.model._compiled_call_impl is not None and math.isfinite(loss)
     assert task.trainer.optimizers[0].defaults["fused"] is True
+
+
+@pytest.mark.gpu
+def test_gpu_steps_between_logging_steps_never_wait_for_the_gpu(tmp_path: Path, tiny_corpus: Path) -> None:
+    """With the safety callbacks `lmlab train` adds, a step that logs nothing makes no host-device synchronisation
+    (torch's sync debug mode flags each one): the non-finite check goes to fused AdamW and is read a step later, and
+    the progress bar reads CPU values. Logging steps (every 5 here) may wait once."""
+    import linecache
+    import warnings
+
+    from lmlab.callbacks import safety_callbacks
+
+    def drains(caught: list) -> int:
+        """Synchronisations, less the deferred check's wait for the previous step's flags (the GPU keeps the steps
+        queued since then)."""
+        syncs = [w for w in caught if "synchroniz" in str(w.message)]  # "called a synchronizing CUDA operation"
+        return sum("event.synchronize()" not in linecache.getline(w.filename, w.lineno) for w in syncs)
+
+    class SyncsPerStep(pl.Callback):
+        def __init__(self, caught: list) -> None:
+            self.caught, self.per_step = caught, {}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.per_step[trainer.global_step] = drains(self.caught)  # cumulative count after this step
+
+    cfg = compose_train(
+        tmp_path,
+        ["hardware=gpu", "data=text_files", f"data.corpus.paths=[{tiny_corpus}]", "trainer.max_steps=24",
+         "trainer.log_every_n_steps=5", "+trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
+         "logger=none"],
+    )  # fmt: skip
+    datamodule = build_datamodule(cfg)
+    task = build_task(cfg, datamodule.tokenizer, datamodule)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        counter = SyncsPerStep(caught)
+        trainer = build_trainer(cfg, [counter, *safety_callbacks()])
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer.fit(task, datamodule=datamodule)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    counts = counter.per_step
+    quiet = [s for s in range(3, 24) if s % 5 not in (0, 1) and s - 1 in counts]  # steps s-1 → s, no logging
+    syncs = {s: counts[s] - counts[s - 1] for s in quiet}
+    assert quiet and all(n == 0 for n in syncs.values()), syncs

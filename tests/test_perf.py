@@ -121,6 +121,24 @@ def test_summary_leaves_out_the_warm_up_window(monkeypatch) -> None:
     assert callback.summary()["tokens_per_sec"] == pytest.approx(100.0)  # 200 tokens in the last 2 s, not 300 in 12
 
 
+def test_reported_rates_are_cpu_tensors_so_the_progress_bar_never_waits_for_a_gpu() -> None:
+    """Lightning turns a logged number into a tensor on the model's device and reads progress-bar values back on
+    every step; a CPU tensor keeps that read-back free on a GPU run."""
+    from types import SimpleNamespace
+
+    logged = {}
+    module = SimpleNamespace(log=lambda name, value, **kwargs: logged.setdefault(name, value))
+    optimizer = SimpleNamespace(param_groups=[{"lr": 3e-4}])
+    trainer = SimpleNamespace(world_size=1, global_step=10, optimizers=[optimizer])
+    callback = Throughput(every_n_steps=10, peak_flops=1e12)
+    callback.flops_per_token, callback.peak_flops, callback._start = 1e6, 1e12, 0.0
+    callback._first = (0, 0, 1.0)  # past the warm-up window
+    callback.on_train_batch_end(trainer, module, None, torch.zeros(4, 8, dtype=torch.long), 0)
+    assert {"perf/tokens_per_sec", "perf/mfu", "train/lr"} <= set(logged)
+    assert all(isinstance(v, torch.Tensor) and v.device.type == "cpu" for v in logged.values()), logged
+    assert logged["train/lr"].item() == pytest.approx(3e-4)
+
+
 def test_preflight_refuses_before_the_first_step(tmp_path, tiny_corpus, caplog) -> None:
     cfg = compose_train(
         tmp_path, ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]", "preflight.device_memory_gb=0.0001"]

@@ -129,8 +129,12 @@ class FiniteLoss(pl.Callback):
 
     def __init__(self, deferred: bool | None = None) -> None:
         self.deferred = deferred
+        self._params: list[torch.Tensor] | None = None  # walking the module tree every step costs ~1 % of a step
         self._loss: torch.Tensor | None = None
         self._pending: tuple[int, torch.Tensor, torch.Tensor | None, Any] | None = None  # step, flags, loss, event
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._params = list(pl_module.parameters())  # after sharding and compiling: the tensors the optimizer steps
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         self._loss = loss.detach()  # checked with the gradients: one synchronisation per step, not two
@@ -142,7 +146,9 @@ class FiniteLoss(pl.Callback):
         loss, self._loss = self._loss, None
         flags = [] if loss is None else [torch.isfinite(loss).all()]
         if not str(trainer.precision).startswith("16"):
-            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            if self._params is None:
+                self._params = list(pl_module.parameters())
+            grads = [p.grad for p in self._params if p.grad is not None]
             if grads:
                 flags.append(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
         if not flags:

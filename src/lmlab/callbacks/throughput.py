@@ -71,10 +71,13 @@ class Throughput(pl.Callback):
             return  # mid-accumulation, or not a reporting step
         self._reported_step = step
         metrics = self.rates(*self._close_window())
-        for name, value in metrics.items():
-            pl_module.log(f"perf/{name}", value, prog_bar=name in ("tokens_per_sec", "mfu"))
         if trainer.optimizers and trainer.optimizers[0].param_groups:  # a counting model has a mock optimizer
-            pl_module.log("train/lr", trainer.optimizers[0].param_groups[0]["lr"])
+            metrics["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        for name, value in metrics.items():
+            # CPU tensors: a number would become a tensor on the model's device, which the progress bar reads back
+            # on every step (a GPU synchronisation per step)
+            key = "train/lr" if name == "lr" else f"perf/{name}"
+            pl_module.log(key, torch.tensor(float(value)), prog_bar=name in ("tokens_per_sec", "mfu"))
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close_window(sync=True)  # validation inside fit: its time is not training time

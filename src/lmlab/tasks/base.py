@@ -158,7 +158,11 @@ class ModelTask(pl.LightningModule):
         if self._loss_count:
             mean = self._loss_sum / self._loss_count
             if self.is_logging_step():
-                self.log("train/loss", mean, prog_bar=True, sync_dist=self.trainer.world_size > 1)
+                if self.trainer.world_size > 1:
+                    mean = self.trainer.strategy.reduce(mean, reduce_op="mean")  # all processes, on the device
+                # Logged as a CPU value: Lightning reads progress-bar values back on every step, which for a GPU
+                # tensor would make every step wait for the GPU; this way it waits once per logging step.
+                self.log("train/loss", mean.detach().cpu(), prog_bar=True)
             self._loss_sum, self._loss_count = 0.0, 0
 
     def is_logging_step(self) -> bool:
