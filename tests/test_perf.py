@@ -158,6 +158,9 @@ def test_memory_estimate_by_precision_and_sharding() -> None:
     assert half.states == fp32.states / 2 and half.activations < fp32.activations
     sharded = estimate_memory(model, "32-true", micro_batch=4, seq_len=16, shards=(4, 4, 4))
     assert sharded.states == fp32.states / 4 and sharded.activations == fp32.activations
+    bf16 = estimate_memory(model, "bf16-mixed", micro_batch=4, seq_len=16)
+    fused = estimate_memory(model, "bf16-mixed", micro_batch=4, seq_len=16, compiled_loss=True)
+    assert bf16.activations - fused.activations == 4 * 16 * 50 * (8 - 2)  # an fp32 log-softmax less, a bf16 grad more
     model.config.activation_checkpointing = True  # the config flag (the block code reads the same name)
     assert estimate_memory(model, "32-true", micro_batch=4, seq_len=16).activations < fp32.activations
     assert "data.batch_size" in levers(estimate_memory(model, "32-true", micro_batch=4096, seq_len=16))

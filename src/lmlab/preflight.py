@@ -89,8 +89,10 @@ def estimate_memory(
     seq_len: int,
     shards: tuple[int, int, int] = (1, 1, 1),
     lm_head: bool = True,
+    compiled_loss: bool = False,
 ) -> MemoryEstimate:
-    """Memory per device for training `model` with AdamW on micro-batches of `micro_batch` × `seq_len` tokens."""
+    """Memory per device for training `model` with AdamW on micro-batches of `micro_batch` × `seq_len` tokens
+    (`compiled_loss`: the token loss is compiled, as `model.compile=true` does, and keeps no fp32 logits)."""
     total, trainable = parameter_counts(model)
     dtype = compute_dtype(precision)
     true_half = str(precision).endswith("true") and dtype in (torch.bfloat16, torch.float16)
@@ -109,7 +111,8 @@ def estimate_memory(
         per_token += (kept + 2) * width * act_bytes  # + embeddings and final norm
     vocab = getattr(getattr(model, "config", None), "vocab_size", 0)
     if lm_head and vocab and trainable:
-        per_token += vocab * (act_bytes + 8)  # logits, their fp32 log-softmax for the loss, and its gradient
+        # logits and their gradient; eager, the loss's fp32 log-softmax takes the gradient's place at twice the size
+        per_token += vocab * (2 * act_bytes if compiled_loss else act_bytes + 8)
     return MemoryEstimate(
         weights=weights / shards[0],
         grads=trainable * param_bytes / shards[1],
@@ -151,7 +154,7 @@ def preflight(
     strategy = type(trainer.strategy).__name__
     estimate = estimate_memory(
         model, str(trainer.precision), micro, seq_len, shard_divisors(trainer.strategy, trainer.world_size),
-        lm_head=not isinstance(task, ClassificationTask),
+        lm_head=not isinstance(task, ClassificationTask), compiled_loss=bool(getattr(task.model_config, "compile", 0)),
     )  # fmt: skip
     if trainer.is_global_zero:
         log.info(
