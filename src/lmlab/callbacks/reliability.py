@@ -171,9 +171,10 @@ class FiniteLoss(pl.Callback):
 
     def defers(self, trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> bool:
         """Whether this step's flag can go to the optimizer instead of being read back now."""
-        fused = getattr(optimizer, "_step_supports_amp_scaling", False) and optimizer.defaults.get("fused", False)
-        if not fused or self.deferred is not None:
-            return bool(fused and self.deferred)
+        if not (getattr(optimizer, "_step_supports_amp_scaling", False) and optimizer.defaults.get("fused")):
+            return False  # only a fused optimizer step reads `found_inf`
+        if self.deferred is not None:
+            return self.deferred
         return trainer.strategy.root_device.type == "cuda" and trainer.world_size == 1
 
     def check_pending(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
