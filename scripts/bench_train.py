@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from lmlab.cli.configs import config_dir
 from lmlab.cli.train import build_datamodule, build_task, build_trainer
-from lmlab.perf import cpu_matmul_flops
+from lmlab.compute.perf import cpu_matmul_flops
+from lmlab.config.groups import config_dir
 from lmlab.tasks import decay_groups
 from lmlab.tasks.base import fused_option, token_cross_entropy
 

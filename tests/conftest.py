@@ -9,8 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from lmlab.cli.configs import config_dir
-from lmlab.cli.schemas import register_schemas
+from lmlab.config.groups import config_dir
+from lmlab.config.schemas import register_schemas
 
 register_schemas()  # typed configs, as `lmlab <command>` composes them
 

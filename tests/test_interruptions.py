@@ -14,9 +14,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from lmlab.checkpoint import load_checkpoint, read_checkpoint
-from lmlab.checkpoint_io import AtomicCheckpointIO, trainer_plugins
-from lmlab.cli.resume import checkpoints_of
+from lmlab.checkpoints.find import checkpoints_of
+from lmlab.checkpoints.load import load_checkpoint, read_checkpoint
+from lmlab.checkpoints.writing import AtomicCheckpointIO, trainer_plugins
 from lmlab.cli.train import build_trainer, train
 from lmlab.errors import LmlabError
 from tests.conftest import TINY_MODEL, TINY_OVERRIDES, TINY_TEXT, compose_train

@@ -13,11 +13,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lmlab.callbacks.throughput import Throughput, batch_shape
 from lmlab.cli.train import train
+from lmlab.compute.perf import cpu_matmul_flops, device_peak_flops
+from lmlab.compute.preflight import estimate_memory, levers, shard_divisors
 from lmlab.errors import LmlabError
 from lmlab.models import GPT, LSTM, GPTConfig, LSTMConfig
 from lmlab.models.flops import matmul_parameters
-from lmlab.perf import cpu_matmul_flops, device_peak_flops
-from lmlab.preflight import estimate_memory, levers, shard_divisors
 from tests.conftest import compose_train
 
 
@@ -68,7 +68,7 @@ def test_peak_flops_configured_calibrated_or_unknown() -> None:
     ],
 )
 def test_gpu_peak_is_the_dense_rate(monkeypatch, name: str, dtype: torch.dtype, dense: float) -> None:
-    from lmlab.perf import gpu_peak_flops
+    from lmlab.compute.perf import gpu_peak_flops
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
     assert gpu_peak_flops(torch.device("cuda", 0), dtype) == pytest.approx(dense, rel=0.01)

@@ -17,10 +17,10 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from lmlab.analysis.report import build_report, find_runs, maximized, write_report
 from lmlab.cli.main import main
 from lmlab.cli.report import folder_argument
 from lmlab.errors import LmlabError
-from lmlab.report import build_report, find_runs, maximized, write_report
 from tests.conftest import TINY_MODEL, TINY_OVERRIDES, TINY_TEXT, compose_train
 
 LRS = ["1e-3", "3e-3", "1e-2", "3e-2"]

@@ -11,9 +11,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from lmlab.checkpoint import load_checkpoint, read_checkpoint
-from lmlab.cli.resume import checkpoints_of, resume_run
+from lmlab.checkpoints.find import checkpoints_of
+from lmlab.checkpoints.load import load_checkpoint, read_checkpoint
 from lmlab.cli.train import train
+from lmlab.config.resume import resume_run
 from lmlab.data.sharding import GlobalBatchSampler
 from lmlab.errors import LmlabError
 from tests.conftest import TINY_TEXT, compose_train

@@ -9,9 +9,9 @@ import pytest
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
-from lmlab.cli.configs import group_options
-from lmlab.cli.schemas import schema_of, schemas
-from lmlab.cli.validate import check_targets
+from lmlab.config.groups import group_options
+from lmlab.config.schemas import schema_of, schemas
+from lmlab.config.validate import check_targets
 from lmlab.errors import LmlabError
 from tests.conftest import compose_train
 
@@ -68,7 +68,7 @@ def test_simple_types_are_checked_and_open_signatures_pass() -> None:
 def test_sweep_check_composes_real_jobs_of_the_grid() -> None:
     """Each swept value is checked beside the other dimensions' first values, never beside a default no job uses:
     `model.n_hidden` fits every job of `model=lstm,lstm` although the default model (gpt) has no such key."""
-    from lmlab.cli.validate import check_overrides, grid_jobs
+    from lmlab.config.validate import check_overrides, grid_jobs
 
     assert grid_jobs(["p=1"], [["a=1", "a=2"], ["b=x", "b=y"]]) == [
         ["p=1", "a=1", "b=x"], ["p=1", "a=2", "b=x"], ["p=1", "a=1", "b=y"],

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.checkpoint import read_checkpoint
+from lmlab.checkpoints.load import read_checkpoint
 from lmlab.errors import LmlabError
 from tests.conftest import TINY_TEXT
 from tests.test_cli import run_cli
@@ -64,7 +64,7 @@ def test_every_from_pretrained_states_trust_remote_code() -> None:
 def test_hf_configs_default_to_no_remote_code() -> None:
     from omegaconf import OmegaConf
 
-    from lmlab.cli.configs import config_dir
+    from lmlab.config.groups import config_dir
 
     for name in ("model/hf_causal", "model/hf_encoder", "tokenizer/hf"):
         assert OmegaConf.load(config_dir() / f"{name}.yaml").trust_remote_code is False, name
@@ -112,7 +112,7 @@ def test_credentials_never_reach_the_run_directory(tmp_path: Path) -> None:
 def test_a_config_holding_a_credential_is_refused(tmp_path: Path, tiny_corpus: Path, monkeypatch) -> None:
     from omegaconf import OmegaConf
 
-    from lmlab.cli.validate import check_run_config
+    from lmlab.config.validate import check_run_config
     from tests.conftest import compose_train
 
     monkeypatch.setenv("HF_TOKEN", FAKE["HF_TOKEN"])

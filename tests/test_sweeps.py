@@ -14,10 +14,10 @@ from hydra import compose, initialize_config_dir
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from lmlab.cli.configs import check_group_choices, config_dir, group_options, hydra_group_options
-from lmlab.cli.sweeper import check_search_space, plan_resume
+from lmlab.compute.launch import ranks_to_start, run_ranks
+from lmlab.config.groups import check_group_choices, config_dir, group_options, hydra_group_options
+from lmlab.config.sweeper import check_search_space, plan_resume
 from lmlab.errors import LmlabError
-from lmlab.launch import ranks_to_start, run_ranks
 from tests.conftest import TINY_OVERRIDES, compose_train, tiny_model
 from tests.test_cli import run_cli
 

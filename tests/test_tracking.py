@@ -18,10 +18,10 @@ import yaml
 from omegaconf import OmegaConf
 
 import lmlab
-from lmlab import tracking
 from lmlab.callbacks import GeneratedSamples
 from lmlab.cli.run_identity import name_tracking_runs, sweep_group
-from lmlab.provenance import git_state, write_provenance
+from lmlab.runs import loggers as run_loggers
+from lmlab.runs.provenance import git_state, write_provenance
 from tests.conftest import TINY_MODEL, TINY_OVERRIDES, compose_train
 from tests.test_cli import run_cli
 
@@ -90,12 +90,12 @@ def unreachable_server(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
-    monkeypatch.setattr(tracking, "_automatic_mode", None)
+    monkeypatch.setattr(run_loggers, "_automatic_mode", None)
 
 
 def test_unreachable_server_means_offline_at_once_and_one_hint(unreachable_server, caplog) -> None:
     started = time.perf_counter()
-    modes = [tracking.choose_wandb_mode(), tracking.choose_wandb_mode()]
+    modes = [run_loggers.choose_wandb_mode(), run_loggers.choose_wandb_mode()]
     assert modes == ["offline", "offline"]
     assert time.perf_counter() - started < 15
     assert sum(HINT in r.getMessage() for r in caplog.records) == 1  # a sweep warns once, not per job
@@ -107,21 +107,21 @@ def test_silent_server_means_offline_after_the_probe_timeout(unreachable_server,
         server.listen()
         monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
         started = time.perf_counter()
-        assert tracking.choose_wandb_mode() == "offline"
+        assert run_loggers.choose_wandb_mode() == "offline"
         assert time.perf_counter() - started < 15
 
 
 def test_explicit_mode_wins_without_probing(monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "dryrun")
-    monkeypatch.setattr(tracking, "server_reachable", lambda: pytest.fail("probed"))
-    assert tracking.choose_wandb_mode() == "offline"
-    assert tracking.choose_wandb_mode("disabled") == "disabled"
+    monkeypatch.setattr(run_loggers, "server_reachable", lambda: pytest.fail("probed"))
+    assert run_loggers.choose_wandb_mode() == "offline"
+    assert run_loggers.choose_wandb_mode("disabled") == "disabled"
 
 
 def test_run_id_is_kept_in_the_run_directory(tmp_path: Path) -> None:
-    first = tracking.wandb_logger("lmlab", str(tmp_path / "a"), mode="offline")
-    again = tracking.wandb_logger("lmlab", str(tmp_path / "a"), mode="offline")
-    other = tracking.wandb_logger("lmlab", str(tmp_path / "b"), mode="offline")
+    first = run_loggers.wandb_logger("lmlab", str(tmp_path / "a"), mode="offline")
+    again = run_loggers.wandb_logger("lmlab", str(tmp_path / "a"), mode="offline")
+    other = run_loggers.wandb_logger("lmlab", str(tmp_path / "b"), mode="offline")
     assert (tmp_path / "a" / "wandb_run_id").read_text().strip() == first._id == again._id
     assert other._id != first._id
     assert first._wandb_init["resume"] == "allow"
@@ -293,10 +293,10 @@ def test_wandb_setup_against_a_silent_server_takes_seconds(unreachable_server, m
         server.listen()
         monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
         started = time.perf_counter()
-        logger = tracking.wandb_logger("lmlab", str(tmp_path / "run"))
+        logger = run_loggers.wandb_logger("lmlab", str(tmp_path / "run"))
         assert logger.experiment.id == (tmp_path / "run" / "wandb_run_id").read_text().strip()
         elapsed = time.perf_counter() - started
-        tracking.finish_wandb()
+        run_loggers.finish_wandb()
     print(f"W&B service start {warm_up:.1f} s; logger setup against a silent server {elapsed:.1f} s")
     assert elapsed < 15, elapsed
 
@@ -311,7 +311,7 @@ def test_second_run_in_the_same_directory_continues_the_wandb_run(tmp_path: Path
         try:
             train(cfg)
         finally:
-            tracking.finish_wandb()
+            run_loggers.finish_wandb()
     run_dir = Path(cfg.paths.output_dir)
     # offline-run-<date>_<time>-<id>, with a `-1` suffix when both runs started in the same second
     runs = [re.fullmatch(r"offline-run-\d{8}_\d{6}-([a-z0-9]+)(-\d+)?", p.name) for p in (run_dir / "wandb").iterdir()]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.cli.configs import group_options
 from lmlab.cli.train import train
+from lmlab.config.groups import group_options
 from lmlab.models import build_model, model_config_from_dict
 from lmlab.tokenizers import load_tokenizer, tokenizer_from_dict
 

@@ -1,7 +1,7 @@
 """lmlab's Optuna sweeper: Hydra's, plus search-space checks and resuming a stored study to `n_trials` in total.
 
 It lives here because Hydra instantiates sweepers only from the `hydra_plugins` namespace; the logic is in
-`lmlab.cli.sweeper`.
+`lmlab.config.sweeper`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ class LmlabOptunaSweeper(HydraOptunaSweeper):
         self.config = config
 
     def sweep(self, arguments: list[str]) -> None:
-        from lmlab.cli.sweeper import prepare_sweep
+        from lmlab.config.sweeper import prepare_sweep
 
         prepare_sweep(self.sweeper, self.config, arguments)
         return self.sweeper.sweep(arguments)

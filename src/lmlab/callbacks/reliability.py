@@ -8,9 +8,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import signal
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +214,20 @@ class FiniteLoss(pl.Callback):
 def safety_callbacks(interrupt: GracefulInterrupt | None = None) -> list[pl.Callback]:
     """What every lmlab training run gets: random states in checkpoints, graceful interrupts, the finite-loss stop."""
     return [RNGState(), interrupt or GracefulInterrupt(), FiniteLoss()]
+
+
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # the shell's 128 + signal number
+
+
+@contextlib.contextmanager
+def exit_on_interrupt(interrupt: Any, run_dir: Path) -> Iterator[None]:
+    """Turn Lightning's stop on SIGTERM/SIGINT into one line naming the resume command, and exit 143/130."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    try:
+        yield
+    except SIGTERMException:
+        name = interrupt.signal_name or "SIGTERM"
+        saved = f"saved {interrupt.saved}" if interrupt.saved else "no checkpoint saved"
+        print(f"interrupted by {name}: {saved}; continue with: lmlab train resume={run_dir}", file=sys.stderr)
+        sys.exit(EXIT_CODES.get(name, 1))

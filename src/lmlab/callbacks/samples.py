@@ -59,7 +59,7 @@ class GeneratedSamples(pl.Callback):
 
     def sample(self, pl_module: Any, tokenizer: Any) -> str:
         """The continuation of the prompt (the prompt itself left out)."""
-        from lmlab.reporting import sample_text
+        from lmlab.runs.summary import sample_text
 
         block_size = pl_module.model_config.block_size
         options = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_k": self.top_k}

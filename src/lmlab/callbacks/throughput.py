@@ -8,8 +8,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from lmlab.compute.perf import device_peak_flops
 from lmlab.models.flops import flops_per_token
-from lmlab.perf import device_peak_flops
 
 
 def batch_shape(batch: Any) -> tuple[int, int]:

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lmlab.cli.configs import config_dir
 from lmlab.cli.runner import reports_errors
+from lmlab.config.groups import config_dir
 from lmlab.errors import LmlabError
 
 if TYPE_CHECKING:
     import torch
     from torch.utils.data import DataLoader
 
-    from lmlab.checkpoint import LoadedCheckpoint
+    from lmlab.checkpoints.load import LoadedCheckpoint
     from lmlab.tasks import ModelTask
     from lmlab.tokenizers import Tokenizer
 
@@ -179,7 +179,7 @@ def evaluate_classifier(cfg: DictConfig, loaded: LoadedCheckpoint, device: torch
     of its data (the one it trained on unless `data=...` is given)."""
     from hydra.utils import instantiate
 
-    from lmlab.classify import classifier_from_checkpoint, evaluate_texts, read_labeled
+    from lmlab.inference.classifier import classifier_from_checkpoint, evaluate_texts, read_labeled
 
     classifier = classifier_from_checkpoint(loaded)
     if cfg.text_file is not None:
@@ -251,8 +251,8 @@ def report(loaded: LoadedCheckpoint, evaluation: Evaluation) -> Path:
 
 def evaluate(cfg: DictConfig) -> Evaluation:
     """Load the checkpoint, score it as its task says, report; return the evaluation."""
-    from lmlab.checkpoint import load_checkpoint
-    from lmlab.hardware import pick_device
+    from lmlab.checkpoints.load import load_checkpoint
+    from lmlab.compute.hardware import pick_device
 
     for key in ("batch_size", "max_tokens"):
         if cfg[key] is not None and int(cfg[key]) < 1:

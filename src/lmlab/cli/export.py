@@ -5,8 +5,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from lmlab.cli.configs import config_dir
 from lmlab.cli.runner import reports_errors
+from lmlab.config.groups import config_dir
 
 
 @reports_errors

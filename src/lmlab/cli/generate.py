@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
-from lmlab.cli.configs import config_dir
 from lmlab.cli.runner import reports_errors
+from lmlab.config.groups import config_dir
 from lmlab.errors import LmlabError
 
 if TYPE_CHECKING:
-    from lmlab.checkpoint import LoadedCheckpoint
+    from lmlab.checkpoints.load import LoadedCheckpoint
     from lmlab.generation import Completion, GenerationConfig
     from lmlab.tokenizers import Tokenizer
 
@@ -143,9 +143,9 @@ def _write(index: int, piece: str) -> None:
 
 def generate(cfg: DictConfig) -> list[Completion]:
     """Load the checkpoint, continue every prompt, print the text; return the completions."""
-    from lmlab.checkpoint import load_checkpoint
+    from lmlab.checkpoints.load import load_checkpoint
+    from lmlab.compute.hardware import pick_device
     from lmlab.generation import generate_text, require_causal
-    from lmlab.hardware import pick_device
 
     config = generation_config(cfg)
     texts = read_prompts(cfg.prompt, cfg.prompt_file)

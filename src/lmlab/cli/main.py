@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(f"error: unknown command {args[0]!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
-    from lmlab.cli.configs import check_group_choices
-    from lmlab.cli.validate import check_overrides, typed_run
+    from lmlab.config.groups import check_group_choices
+    from lmlab.config.validate import check_overrides, typed_run
 
     try:
         check_group_choices(command, args)

@@ -8,8 +8,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lmlab.cli.configs import config_dir
 from lmlab.cli.runner import reports_errors
+from lmlab.config.groups import config_dir
 from lmlab.errors import LmlabError
 
 log = logging.getLogger("lmlab")
@@ -19,8 +19,8 @@ def predict(cfg: DictConfig) -> Path:
     """Load the classifier, predict every input in batches, write the predictions; return the output path."""
     from rich.console import Console
 
-    from lmlab.classify import check_output, load_classifier, predict_probs, read_texts, write_predictions
-    from lmlab.hardware import pick_device
+    from lmlab.compute.hardware import pick_device
+    from lmlab.inference.classifier import check_output, load_classifier, predict_probs, read_texts, write_predictions
 
     if int(cfg.batch_size) < 1:
         raise LmlabError(f"batch_size={cfg.batch_size} must be a positive integer; e.g. batch_size=64")

@@ -1,6 +1,6 @@
 """`lmlab report DIR [metric=val/bpb] [out=DIR]`: rank the runs of a sweep (or of any folder of runs).
 
-The work happens in `lmlab.report`; this module only composes the config, prints the table and lists the files.
+The work happens in `lmlab.analysis.report`; this module only composes the config, prints the table and lists the files.
 Neither imports torch or Lightning, so a report takes about as long as reading the files and drawing the plots.
 """
 
@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lmlab.cli.configs import config_dir
 from lmlab.cli.runner import reports_errors
+from lmlab.config.groups import config_dir
 from lmlab.errors import LmlabError
 
 if TYPE_CHECKING:
-    from lmlab.report import Report
+    from lmlab.analysis.report import Report
 
 VALUE_OPTIONS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
                  "-cd", "--experimental-rerun"}  # fmt: skip
@@ -43,7 +43,7 @@ def print_report(report: Report, written: list[Path]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from lmlab.report import format_cell
+    from lmlab.analysis.report import format_cell
 
     rows = report.rows()
     table = Table(title=Text(report.title()))  # Text: brackets in paths and settings are not markup
@@ -63,7 +63,7 @@ def print_report(report: Report, written: list[Path]) -> None:
 
 @reports_errors
 def run(cfg: DictConfig) -> None:
-    from lmlab.report import build_report, write_report
+    from lmlab.analysis.report import build_report, write_report
 
     if OmegaConf.is_missing(cfg, "dir"):
         raise LmlabError("give the folder to report on: lmlab report multirun/<date>/<time> (or outputs/...)")

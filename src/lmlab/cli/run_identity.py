@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-WANDB_TARGET = "lmlab.tracking.wandb_logger"
+WANDB_TARGET = "lmlab.runs.loggers.wandb_logger"
 MAX_GROUP_CHARS = 128  # W&B's limit on a group name
 
 

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lmlab.cli.configs import config_dir
 from lmlab.cli.runner import build_group, instantiate_config, reports_errors
-from lmlab.cli.validate import check_run_config
+from lmlab.config.groups import config_dir
+from lmlab.config.validate import check_run_config
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -81,8 +81,8 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) 
     import torch
     from hydra.utils import instantiate
 
-    from lmlab.checkpoint_io import trainer_plugins
-    from lmlab.hardware import check_hardware
+    from lmlab.checkpoints.writing import trainer_plugins
+    from lmlab.compute.hardware import check_hardware
 
     strategy = cfg.trainer.get("strategy", "auto")
     strategy = OmegaConf.to_container(strategy) if isinstance(strategy, DictConfig) else strategy
@@ -100,7 +100,7 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) 
 
 def set_accumulation(trainer: pl.Trainer, cfg: DictConfig) -> None:
     """Derive gradient accumulation from `batch.global_size` / `batch.global_tokens` and the world size."""
-    from lmlab.batching import accumulation_steps, describe_batch
+    from lmlab.compute.batching import accumulation_steps, describe_batch
 
     world_size = trainer.num_devices * trainer.num_nodes
     micro, block_size = cfg.data.batch_size, cfg.data.get("block_size")
@@ -119,11 +119,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
 
     from lmlab.callbacks import CheckpointMetadata, GracefulInterrupt, safety_callbacks
-    from lmlab.cli.resume import exit_on_interrupt, resume_run
+    from lmlab.callbacks.reliability import exit_on_interrupt
     from lmlab.cli.run_identity import name_tracking_runs
-    from lmlab.preflight import preflight
-    from lmlab.provenance import write_provenance
-    from lmlab.reporting import performance, print_run_summary, sample_text, write_summary
+    from lmlab.compute.preflight import preflight
+    from lmlab.config.resume import resume_run
+    from lmlab.runs.provenance import write_provenance
+    from lmlab.runs.summary import performance, print_run_summary, sample_text, write_summary
     from lmlab.tasks import CausalLMTask
     from lmlab.tokenizers import save_tokenizer
 
@@ -164,7 +165,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics |= {k: float(v) for k, v in trainer.test(task, datamodule=datamodule, verbose=False)[0].items()}
     sample = None
     if isinstance(task, CausalLMTask):
-        from lmlab.parallel import whole_model
+        from lmlab.compute.parallel import whole_model
 
         model = whole_model(task.model, task.model_config)  # FSDP: gathered from the shards
         sample = sample_text(model, tokenizer, task.model_config.block_size, seed=cfg.seed, **cfg.sample)
@@ -177,11 +178,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @reports_errors
 def run(cfg: DictConfig) -> float | None:
     """Hydra task function: train, always close the W&B run, return the optimized metric for sweepers."""
-    from lmlab.tracking import finish_wandb
+    from lmlab.runs.loggers import finish_wandb
 
     ranks = sweep_ranks(cfg)
-    if ranks > 1:  # one job of a sweep on several processes: its ranks start here (see lmlab.launch)
-        from lmlab.launch import run_ranks
+    if ranks > 1:  # one job of a sweep on several processes: its ranks start here (see lmlab.compute.launch)
+        from lmlab.compute.launch import run_ranks
 
         OmegaConf.resolve(cfg)  # ${hydra:...} and ${now:...} resolve here, where Hydra's state is
         return run_ranks(functools.partial(run, cfg), ranks)
@@ -200,7 +201,7 @@ def sweep_ranks(cfg: DictConfig) -> int:
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return 1
-    from lmlab.launch import ranks_to_start
+    from lmlab.compute.launch import ranks_to_start
 
     trainer = cfg.trainer
     return ranks_to_start(trainer.get("strategy", "auto"), trainer.get("devices", 1), trainer.get("num_nodes", 1))

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmlab.data.labeled import LabeledExamples, LabeledSource, LabeledSplits
-from lmlab.data.sampling import TrainingDataModule, fixed_generator
+from lmlab.data.resumable import TrainingDataModule, fixed_generator
 from lmlab.data.sharding import EvalShardSampler, process_place
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import Tokenizer, TokenizerConfig

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from lmlab.data.cache import TokenSplits, build_token_cache, load_token_cache
 from lmlab.data.corpora import Corpus
-from lmlab.data.sampling import TrainingDataModule, fixed_generator
+from lmlab.data.resumable import TrainingDataModule, fixed_generator
 from lmlab.data.sharding import EvalShardSampler, process_place
 from lmlab.data.windows import TokenWindows
 from lmlab.errors import LmlabError

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lmlab.checkpoint import LoadedCheckpoint, load_checkpoint, resolve_checkpoint
+from lmlab.checkpoints.load import LoadedCheckpoint, load_checkpoint, resolve_checkpoint
 from lmlab.errors import LmlabError
 from lmlab.hf.convert import convert_gpt, refuse_family
 from lmlab.hf.tokenizer import check_hf_tokenizer, save_hf_tokenizer

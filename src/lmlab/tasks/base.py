@@ -141,7 +141,7 @@ class ModelTask(pl.LightningModule):
         that never write the fp32 (tokens, vocabulary) logits, which at GPT-2's vocabulary is most of the loss's
         memory traffic (fwd + bwd 1.6x faster on the CPU at 2,048 x 50,304)."""
         if self.device_mesh is not None:
-            from lmlab.parallel import shard_modules
+            from lmlab.compute.parallel import shard_modules
 
             shard_modules(self, self.device_mesh["data_parallel"])
         if getattr(self.model_config, "compile", False) and getattr(self.model, "_compiled_call_impl", None) is None:

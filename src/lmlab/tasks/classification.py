@@ -199,7 +199,7 @@ class ClassificationTask(ModelTask):
         """`confusion_matrix.png` (validation) or `confusion_matrix_test.png`; also a W&B image when logging there."""
         from pytorch_lightning.loggers import WandbLogger
 
-        from lmlab.plots import plot_confusion_matrix
+        from lmlab.analysis.plots import plot_confusion_matrix
 
         name = "confusion_matrix.png" if split == "val" else f"confusion_matrix_{split}.png"
         title = f"{split}, step {self.global_step}"

@@ -21,7 +21,7 @@ plus the head."""
 
 def checkpoint_tokenizer(path: str) -> FixedTokenizerConfig:
     """The tokenizer saved in an lmlab checkpoint, as a tokenizer config (a config `_target_`): `train` returns it."""
-    from lmlab.checkpoint import read_checkpoint
+    from lmlab.checkpoints.load import read_checkpoint
 
     return FixedTokenizerConfig(tokenizer_from_dict(read_checkpoint(path)["lmlab"]["tokenizer"]))
 
@@ -32,7 +32,7 @@ def starting_point_configs(init_from: str, overrides: Sequence[str] = ()) -> tup
     `overrides` are the run's command-line overrides: choosing a model or tokenizer there contradicts the checkpoint
     and is refused.
     """
-    from lmlab.checkpoint import read_checkpoint, resolve_checkpoint
+    from lmlab.checkpoints.load import read_checkpoint, resolve_checkpoint
 
     file = resolve_checkpoint(init_from)
     config = model_config_from_dict(read_checkpoint(file)["hyper_parameters"]["model"])
@@ -51,7 +51,7 @@ def starting_point_configs(init_from: str, overrides: Sequence[str] = ()) -> tup
 
 def load_backbone(model: nn.Module, init_from: str | Path, config: ModelConfig) -> None:
     """Copy the model weights of an lmlab checkpoint (causal LM, masked LM or classifier) into `model`."""
-    from lmlab.checkpoint import read_checkpoint, resolve_checkpoint
+    from lmlab.checkpoints.load import read_checkpoint, resolve_checkpoint
 
     file = resolve_checkpoint(init_from)
     checkpoint = read_checkpoint(file)

@@ -336,7 +336,7 @@ def safe_name(text: str) -> str:
 def write_plots(report: Report, out: Path) -> list[Path]:
     """`report_curves.png` (the metric against step, one line per run) and `report_vs_<key>.png` per swept
     setting (final metric against its value). Plots with nothing to draw are not written."""
-    from lmlab.plots import plot_curves, plot_metric_vs_setting
+    from lmlab.analysis.plots import plot_curves, plot_metric_vs_setting
 
     written = []
     curves: dict[str, list[tuple[int, float]]] = {}

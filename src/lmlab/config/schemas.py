@@ -5,7 +5,7 @@ type and refuses keys the dataclass does not have while it composes, before anyt
 from the dataclasses themselves (their fields plus `_target_`): the dataclass stays the one source of truth.
 
 Groups whose targets take open-ended or heavy-to-import arguments (data, task, optimizer, scheduler, trainer,
-callbacks, loggers) are checked against their targets' signatures before training instead (`lmlab.cli.validate`).
+callbacks, loggers) are checked against their targets' signatures before training instead (`lmlab.config.validate`).
 """
 
 from __future__ import annotations

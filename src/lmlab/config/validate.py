@@ -33,7 +33,7 @@ def typed_run(args: list[str]) -> bool:
     come from the model config dataclasses, whose modules import torch. Without them the configs compose untyped."""
     if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion") for a in args):
         return False
-    from lmlab.cli.schemas import register_schemas
+    from lmlab.config.schemas import register_schemas
 
     register_schemas()
     return True
@@ -53,7 +53,7 @@ def check_overrides(command: str, overrides: list[str]) -> None:
     from hydra.errors import ConfigCompositionException
     from omegaconf.errors import OmegaConfBaseException
 
-    from lmlab.cli.configs import config_dir
+    from lmlab.config.groups import config_dir
 
     split = _split_overrides(overrides)
     if split is None:
@@ -153,7 +153,7 @@ _FILE_KEY_ERROR = re.compile(
 
 def file_key_message(found: re.Match[str]) -> str:
     """One line for a key set by a config file (e.g. an experiment) that the chosen group's schema lacks."""
-    from lmlab.cli.schemas import schemas
+    from lmlab.config.schemas import schemas
 
     key, kind = found["key"], found["kind"]
     schema = next((c for named in schemas().values() for c in named.values() if c.__name__ == kind), None)
@@ -172,7 +172,7 @@ def _valid_keys(command: str, overrides: list[str], parent: str) -> tuple[list[s
     from hydra import compose
     from omegaconf import DictConfig, OmegaConf
 
-    from lmlab.cli.configs import config_dir
+    from lmlab.config.groups import config_dir
 
     choices = [o for o in overrides if (config_dir() / o.split("=", 1)[0].lstrip("+~")).is_dir()]
     try:
@@ -306,7 +306,7 @@ def check_run_config(config: Mapping[str, Any]) -> None:
     if isinstance(interval, int | float) and not isinstance(interval, bool) and interval <= 0:
         raise LmlabError(f"trainer.val_check_interval={interval} must be positive; e.g. trainer.val_check_interval=100")
     if config.get("ckpt_path") and isinstance(model, Mapping):
-        from lmlab.checkpoint import check_resume
+        from lmlab.checkpoints.load import check_resume
 
         check_resume(config["ckpt_path"], dict(model))
 

@@ -10,30 +10,26 @@ those the checkpoint depends on (`PROTECTED`), which must keep their saved value
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import sys
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from lightning_fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lmlab.csv_metrics import trim_metrics
+from lmlab.checkpoints.find import RUN_CONFIG, checkpoint_step, checkpoints_of, latest_checkpoint, locate
 from lmlab.errors import LmlabError
+from lmlab.runs.loggers import trim_metrics
 
 log = logging.getLogger("lmlab")
 
-RUN_CONFIG = "config.yaml"
 PROTECTED = ("model", "tokenizer", "data", "task", "optimizer", "scheduler", "seed")
 """Top-level keys a resumed run must share with its checkpoint (weights, data position, optimizer state)."""
 NOT_COMPARED = ("resume", "ckpt_path", "initial_validation", "paths", "logger")  # where things are, not what
 # (`logger`: where metrics go; its W&B name and group are filled in per run)
 _ABSENT = object()
-EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # the shell's 128 + signal number
 
 
 def resume_run(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, str | None]:
@@ -60,46 +56,6 @@ def resume_run(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, str |
             trim_metrics(metrics, checkpoint_step(checkpoint))
     log.info("resuming %s from %s", run_dir, checkpoint)
     return resumed, str(checkpoint)
-
-
-def locate(path: Path) -> tuple[Path, Path]:
-    """`resume=<run dir>` or `resume=<checkpoint>` -> (run directory, checkpoint to load)."""
-    if path.is_dir():
-        return path, latest_checkpoint(path)
-    if path.is_file():
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        if not (run_dir / RUN_CONFIG).is_file():
-            raise LmlabError(
-                f"resume={path}: the checkpoint is not inside an lmlab run folder (no {RUN_CONFIG} beside it); "
-                "to start a new run from its weights use task.init_from=<checkpoint>"
-            )
-        return run_dir, path
-    raise LmlabError(f"resume={path} does not exist; give a run folder, a .ckpt file, or resume=auto")
-
-
-def checkpoints_of(run_dir: Path) -> list[Path]:
-    """A run's checkpoints, newest first (`last.ckpt` first among equally new ones); SLURM's `hpc_ckpt_*` too."""
-    files = [*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
-    return sorted(files, key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True)
-
-
-def checkpoint_step(path: Path) -> int:
-    """The global step a checkpoint was saved at (loading it safely, so a damaged file is an `LmlabError`)."""
-    from lmlab.checkpoint import read_checkpoint
-
-    return int(read_checkpoint(path).get("global_step", 0))
-
-
-def latest_checkpoint(run_dir: Path) -> Path:
-    """The newest checkpoint of a run that loads (a damaged newest one is skipped with a warning)."""
-    for path in checkpoints_of(run_dir):
-        try:
-            checkpoint_step(path)
-        except LmlabError as err:
-            log.warning("resume: skipping %s (%s)", path, err)
-            continue
-        return path
-    raise LmlabError(f"resume: {run_dir} holds no loadable checkpoint; start a new run (leave out resume)")
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
@@ -208,17 +164,3 @@ def note_resume(run_dir: Path, fresh_dir: Path, checkpoint: Path) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     with open(run_dir / "resumes.log", "a", encoding="utf-8") as file:
         file.write(f"{stamp} resumed from {checkpoint} (this invocation's Hydra folder: {fresh_dir})\n")
-
-
-@contextlib.contextmanager
-def exit_on_interrupt(interrupt: Any, run_dir: Path) -> Iterator[None]:
-    """Turn Lightning's stop on SIGTERM/SIGINT into one line naming the resume command, and exit 143/130."""
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-    try:
-        yield
-    except SIGTERMException:
-        name = interrupt.signal_name or "SIGTERM"
-        saved = f"saved {interrupt.saved}" if interrupt.saved else "no checkpoint saved"
-        print(f"interrupted by {name}: {saved}; continue with: lmlab train resume={run_dir}", file=sys.stderr)
-        sys.exit(EXIT_CODES.get(name, 1))

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lmlab.checkpoint import LoadedCheckpoint, load_checkpoint, read_checkpoint
+from lmlab.checkpoints.load import LoadedCheckpoint, load_checkpoint, read_checkpoint
 from lmlab.data.classification import encode_text, pad_batch, pad_id_of
 from lmlab.data.labeled import column, label_order, read_records, read_text_file
 from lmlab.errors import LmlabError

@@ -12,10 +12,10 @@ from rich.panel import Panel
 from rich.table import Table
 from torch import nn
 
+from lmlab.compute.perf import format_bytes, peak_memory_bytes
 from lmlab.generation import generate
 from lmlab.io import atomic_write_text
 from lmlab.models import count_parameters
-from lmlab.perf import format_bytes, peak_memory_bytes
 from lmlab.tokenizers import Tokenizer
 
 

@@ -1,16 +1,25 @@
-"""Weights & Biases that never blocks a run: online with credentials and a reachable server, else offline."""
+"""The run's loggers: Weights & Biases that never blocks a run (online with credentials and a reachable server,
+else offline), TensorBoard that keeps every hyper-parameter, and a CSV log that survives a resume."""
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import netrc
 import os
 import secrets
 import string
 import threading
+from argparse import Namespace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from pytorch_lightning import loggers
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.loggers.logger import rank_zero_experiment
+from pytorch_lightning.utilities import rank_zero_only
 
 from lmlab.errors import LmlabError
 from lmlab.io import atomic_write_text
@@ -128,7 +137,7 @@ def wandb_logger(
     """
     from pytorch_lightning.loggers import WandbLogger
 
-    from lmlab.provenance import run_environment
+    from lmlab.runs.provenance import run_environment
 
     os.makedirs(save_dir, exist_ok=True)
     mode = choose_wandb_mode(mode)
@@ -160,3 +169,56 @@ def finish_wandb() -> None:
         wandb = sys.modules["wandb"]
         if getattr(wandb, "run", None) is not None:
             wandb.finish()
+
+
+# --- TensorBoard ---
+
+
+class TensorBoardLogger(loggers.TensorBoardLogger):
+    """TensorBoard whose HParams tab shows every hyper-parameter logged so far, not only the last call's.
+
+    The train command logs the resolved config and Lightning then logs the task's own hyper-parameters; the stock
+    logger would show only the latter in the HParams tab (`hparams.yaml` holds both either way).
+    """
+
+    @rank_zero_only
+    def log_hyperparams(
+        self, params: dict[str, Any] | Namespace, metrics: dict[str, Any] | None = None, step: int | None = None
+    ) -> None:
+        params = vars(params) if isinstance(params, Namespace) else dict(params)
+        super().log_hyperparams({**self.hparams, **params}, metrics, step)
+
+
+# --- CSV ---
+
+
+class CSVLogger(loggers.CSVLogger):
+    """Lightning's `CSVLogger`, except that it appends to a `metrics.csv` it finds instead of deleting it."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is not None:
+            return self._experiment
+        path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+        earlier = path.read_text(encoding="utf-8") if path.is_file() else ""
+        writer = super().experiment  # removes the file
+        if earlier.strip():
+            path.write_text(earlier, encoding="utf-8")
+            writer.metrics_keys = sorted(next(csv.reader(io.StringIO(earlier))))  # new columns are merged in
+        return writer
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Drop the rows of a `metrics.csv` logged at `step` or later (a resumed run logs them again)."""
+    if not path.is_file():
+        return
+    rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    if not rows or "step" not in rows[0]:
+        return
+    kept = [row for row in rows if row["step"] and int(float(row["step"])) < step]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(kept)
+    atomic_write_text(path, out.getvalue())

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmlab.compute.perf import compute_dtype, format_bytes
 from lmlab.errors import LmlabError
-from lmlab.perf import compute_dtype, format_bytes
 
 log = logging.getLogger("lmlab")
 

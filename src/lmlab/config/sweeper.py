@@ -22,7 +22,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lmlab.cli.configs import config_dir, group_options
+from lmlab.config.groups import config_dir, group_options
 from lmlab.errors import LmlabError
 
 log = logging.getLogger("lmlab")

@@ -1,0 +1,1 @@
+"""Many runs side by side: sweep reports (`report`) and their figures (`plots`)."""
