@@ -77,6 +77,17 @@ def test_windows_shift_targets_by_one() -> None:
     assert TokenWindows(ids, 8, max_windows=3).__len__() == 3
 
 
+@pytest.mark.parametrize("n", [100, 97, 9, 10])
+def test_windows_covering_the_tail_score_every_token_after_the_first_once(n: int) -> None:
+    ids = np.arange(n, dtype=np.int64)
+    windows = TokenWindows(ids, block_size=8, cover_tail=True)
+    scored = [int(t) for i in range(len(windows)) for t in windows[i][1] if t >= 0]
+    assert sorted(scored) == list(range(1, n)) and windows.scored_tokens == n - 1
+    for i in range(len(windows)):  # the targets that count are each input's next token
+        x, y = windows[i]
+        assert (y[y >= 0] == x[y >= 0] + 1).all()
+
+
 def test_dtype_fits_vocabulary() -> None:
     assert dtype_for(81) == np.uint16 and dtype_for(65_536) == np.uint16
     assert dtype_for(65_537) == np.uint32

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from lmlab.cli import eval as eval_cli
 from lmlab.cli import generate as generate_cli
+from lmlab.cli.runner import reports_errors
 from lmlab.cli.train import train
 from lmlab.config.groups import config_dir
 from tests.conftest import TINY_TEXT, compose_train
@@ -19,6 +20,9 @@ from tests.test_cli import run_cli
 from tests.test_configs import ENCODER
 
 FAMILIES = ["gpt", "lstm", "ngram"]
+
+generate_command = reports_errors(generate_cli.generate)  # as `lmlab generate` runs it: user errors as one line
+eval_command = reports_errors(eval_cli.evaluate)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +109,9 @@ def test_eval_scores_a_text_file_and_the_training_split(runs, tmp_path) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("Speak, speak. You are all resolved rather to die than to famish?\n" * 5, encoding="utf-8")
     on_file = eval_cli.evaluate(command("eval", [f"ckpt={run_dir}", f"text_file={text}"]))
-    assert on_file.source == {"text_file": str(text)} and on_file.tokens == 16 * ((5 * 65 - 1) // 16)
+    assert (
+        on_file.source == {"text_file": str(text)} and on_file.tokens == 5 * 65 - 1
+    )  # every token after the first, the tail too
     assert math.isfinite(on_file.metrics["val/bpb"])
     cache = f"cache_dir={run_dir.parent.parent / 'cache'}"
     on_train = eval_cli.evaluate(command("eval", [f"ckpt={run_dir}", cache, "split=train", "max_tokens=64"]))
@@ -137,7 +143,7 @@ def test_eval_of_a_masked_lm_reports_mlm_metrics(runs) -> None:
 
 def test_generate_refuses_a_masked_lm(runs, capsys) -> None:
     run_dir, _ = runs["bert"]
-    err = one_line_error(generate_cli.run, command("generate", [f"ckpt={run_dir}"]), capsys)
+    err = one_line_error(generate_command, command("generate", [f"ckpt={run_dir}"]), capsys)
     assert "model=bert is a bidirectional encoder" in err and "causal model" in err
 
 
@@ -151,10 +157,9 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, capsys) -> None:
         str(empty): "holds no checkpoint",
         str(garbage): "truncated or corrupt",
     }
-    for run in (generate_cli.run, eval_cli.run):
-        name = "generate" if run is generate_cli.run else "eval"
+    for name, command_function in (("generate", generate_cli.generate), ("eval", eval_cli.evaluate)):
         for path, message in cases.items():
-            assert message in one_line_error(run, command(name, [f"ckpt={path}"]), capsys)
+            assert message in one_line_error(reports_errors(command_function), command(name, [f"ckpt={path}"]), capsys)
 
 
 def test_bad_prompts_are_one_line_errors(runs, tmp_path, capsys) -> None:
@@ -173,7 +178,7 @@ def test_bad_prompts_are_one_line_errors(runs, tmp_path, capsys) -> None:
         "device=tpu": "device='tpu' is unknown",
     }
     for override, message in cases.items():
-        assert message in one_line_error(generate_cli.run, command("generate", [f"ckpt={run_dir}", override]), capsys)
+        assert message in one_line_error(generate_command, command("generate", [f"ckpt={run_dir}", override]), capsys)
 
 
 def test_bad_eval_inputs_are_one_line_errors(runs, tmp_path, capsys) -> None:
@@ -183,10 +188,11 @@ def test_bad_eval_inputs_are_one_line_errors(runs, tmp_path, capsys) -> None:
     cases = {
         f"text_file={tmp_path / 'nope.txt'}": "does not exist",
         f"text_file={short}": "fewer than block_size+1=17",
+        f"text_file={tmp_path}": f"text_file {tmp_path} is a folder; give one UTF-8 text file",
         "split=test": "split='test' is unknown",
     }
     for override, message in cases.items():
-        assert message in one_line_error(eval_cli.run, command("eval", [f"ckpt={run_dir}", override]), capsys)
+        assert message in one_line_error(eval_command, command("eval", [f"ckpt={run_dir}", override]), capsys)
 
 
 @pytest.mark.slow

@@ -47,9 +47,9 @@ def test_schema_follows_the_dataclass() -> None:
 
 
 def test_every_model_family_has_a_schema() -> None:
-    from lmlab.models import _FAMILIES
+    from lmlab.models import FAMILIES
 
-    assert {config.__name__ for config, _ in _FAMILIES.values()} == {c.__name__ for c in schemas()["model"].values()}
+    assert {f.config.__name__ for f in FAMILIES.values()} == {c.__name__ for c in schemas()["model"].values()}
 
 
 def test_unknown_key_of_a_signature_checked_node_names_the_closest() -> None:

@@ -112,7 +112,7 @@ def check_resume(path: str | Path, model: dict[str, Any]) -> None:
     the run's resolved model config node (`_target_` + fields)."""
     file = resolve_checkpoint(path)
     saved = read_checkpoint(file)["hyper_parameters"].get("model", {})
-    family = getattr(_import(str(model.get("_target_", ""))), "family", None)
+    family = getattr(import_target(str(model.get("_target_", ""))), "family", None)
     if family is None:
         return
     if saved.get("family") != family:
@@ -128,8 +128,8 @@ def check_resume(path: str | Path, model: dict[str, Any]) -> None:
             )
 
 
-def _import(target: str) -> Any:
-    """The object a dotted `_target_` path names, or None."""
+def import_target(target: str) -> Any:
+    """The object a dotted `_target_` path names (e.g. `lmlab.tasks.CausalLMTask`), or None."""
     import importlib
 
     module, _, name = target.rpartition(".")

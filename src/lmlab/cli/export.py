@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from lmlab.cli.runner import reports_errors
-from lmlab.config.groups import config_dir
+from lmlab.cli.runner import hydra_entry
 
 
-@reports_errors
-def run(cfg: DictConfig) -> None:
+def export(cfg: DictConfig) -> None:
     """Hydra task function: convert, check by reloading with Transformers, report where it went."""
     from lmlab.hf import export_checkpoint
 
@@ -19,5 +16,4 @@ def run(cfg: DictConfig) -> None:
     print(f"checked: Transformers loads it with logits within {result.max_logit_diff:.1e} of lmlab's (float32)")
 
 
-def main() -> None:
-    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")(run)()
+main = hydra_entry("export", export)

@@ -9,11 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import hydra
 from omegaconf import DictConfig
 
-from lmlab.cli.runner import reports_errors
-from lmlab.config.groups import config_dir
+from lmlab.cli.runner import hydra_entry
 from lmlab.errors import LmlabError
 
 if TYPE_CHECKING:
@@ -168,10 +166,4 @@ def generate(cfg: DictConfig) -> list[Completion]:
     return completions
 
 
-@reports_errors
-def run(cfg: DictConfig) -> None:
-    generate(cfg)
-
-
-def main() -> None:
-    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="generate")(run)()
+main = hydra_entry("generate", generate)

@@ -46,8 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     from lmlab.config.validate import check_overrides, typed_run
 
     try:
+        typed = command not in UNTYPED_COMMANDS and typed_run(args)  # registers the schemas: choices to check
         check_group_choices(command, args)
-        if command not in UNTYPED_COMMANDS and typed_run(args):
+        if typed:
             check_overrides(command, args)
     except LmlabError as err:
         print(f"error: {err}", file=sys.stderr)

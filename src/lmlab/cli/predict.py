@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from lmlab.cli.runner import reports_errors
-from lmlab.config.groups import config_dir
+from lmlab.cli.runner import hydra_entry
 from lmlab.errors import LmlabError
 
 log = logging.getLogger("lmlab")
@@ -35,10 +33,4 @@ def predict(cfg: DictConfig) -> Path:
     return out
 
 
-@reports_errors
-def run(cfg: DictConfig) -> None:
-    predict(cfg)
-
-
-def main() -> None:
-    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")(run)()
+main = hydra_entry("predict", predict)

@@ -10,11 +10,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lmlab.cli.runner import reports_errors
-from lmlab.config.groups import config_dir
+from lmlab.cli.runner import hydra_entry
 from lmlab.errors import LmlabError
 
 if TYPE_CHECKING:
@@ -61,8 +59,8 @@ def print_report(report: Report, written: list[Path]) -> None:
         console.print(f"written: {path}", markup=False, highlight=False)
 
 
-@reports_errors
-def run(cfg: DictConfig) -> None:
+def report(cfg: DictConfig) -> None:
+    """Rank the runs under `cfg.dir`, print the table, write the report files."""
     from lmlab.analysis.report import build_report, write_report
 
     if OmegaConf.is_missing(cfg, "dir"):
@@ -73,6 +71,9 @@ def run(cfg: DictConfig) -> None:
     print_report(report, write_report(report, out, plots=cfg.plots))
 
 
+_report_main = hydra_entry("report", report)
+
+
 def main() -> None:
     sys.argv = [sys.argv[0], *folder_argument(sys.argv[1:])]
-    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="report")(run)()
+    _report_main()

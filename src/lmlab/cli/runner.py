@@ -49,6 +49,21 @@ def reports_errors(command: Callable[[DictConfig], T]) -> Callable[[DictConfig],
     return wrapper
 
 
+def hydra_entry(config_name: str, command: Callable[[DictConfig], object]) -> Callable[[], None]:
+    """The `main()` of a command: compose `conf/<config_name>.yaml` with the command line and run `command` on it,
+    printing user errors as one line (`reports_errors`)."""
+    from lmlab.config.groups import config_dir
+
+    def main() -> None:
+        import hydra
+
+        hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(
+            reports_errors(command)
+        )()
+
+    return main
+
+
 def build_group(cfg: DictConfig | None, what: str) -> list[Any]:
     """Instantiate each `_target_` entry of a dict-of-configs group (callbacks, loggers)."""
     from hydra.utils import instantiate

@@ -9,11 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lmlab.cli.runner import build_group, instantiate_config, reports_errors
-from lmlab.config.groups import config_dir
+from lmlab.cli.runner import build_group, hydra_entry, instantiate_config, reports_errors
 from lmlab.config.validate import check_run_config
 
 if TYPE_CHECKING:
@@ -207,5 +205,4 @@ def sweep_ranks(cfg: DictConfig) -> int:
     return ranks_to_start(trainer.get("strategy", "auto"), trainer.get("devices", 1), trainer.get("num_nodes", 1))
 
 
-def main() -> None:
-    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(run)()
+main = hydra_entry("train", run)

@@ -44,8 +44,20 @@ register_resolvers()
 
 
 def group_options(group: str) -> list[str]:
-    """The choices of a config group, e.g. `group_options("model")` -> ["gpt", ...]."""
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    """The choices of a config group, e.g. `group_options("model")` -> ["gpt", ...]: its files in conf/, and the
+    choices stored in Hydra's ConfigStore (a model family registered in Python without a file)."""
+    return sorted({p.stem for p in (config_dir() / group).glob("*.yaml")} | stored_choices(group))
+
+
+def stored_choices(group: str) -> set[str]:
+    """Names of the configs stored in Hydra's ConfigStore under `group` (none when the group is not there)."""
+    from hydra.core.config_store import ConfigStore
+
+    try:
+        names = ConfigStore.instance().list(group)
+    except OSError:
+        return set()
+    return {name.removesuffix(".yaml") for name in names if name.endswith(".yaml")}
 
 
 _HYDRA_GROUPS = ("hydra/launcher", "hydra/sweeper")
@@ -55,12 +67,10 @@ _HYDRA_GROUPS = ("hydra/launcher", "hydra/sweeper")
 def hydra_group_options(group: str) -> list[str]:
     """Choices of one of Hydra's groups: lmlab's files in conf/<group>/ and the configs that Hydra and the installed
     Hydra plugins register (e.g. basic, submitit_local, submitit_slurm for hydra/launcher)."""
-    from hydra.core.config_store import ConfigStore
     from hydra.core.plugins import Plugins
 
     Plugins.instance()  # importing the plugins registers their configs
-    registered = {name.removesuffix(".yaml") for name in ConfigStore.instance().list(group) if name.endswith(".yaml")}
-    return sorted(registered | set(group_options(group)))
+    return group_options(group)
 
 
 def check_group_choices(command: str, overrides: list[str]) -> None:

@@ -57,25 +57,17 @@ def _path(cls: type) -> str:
 
 
 def schemas() -> dict[str, dict[str, type]]:
-    """Schema dataclasses by group and name."""
-    from lmlab import models, tokenizers
-    from lmlab.models.ngram import NGramConfig
+    """Schema dataclasses by group and name: one per registered model family, one per tokenizer kind."""
+    from lmlab import tokenizers
+    from lmlab.models import FAMILIES
 
-    model_classes = {
-        "gpt": models.GPTConfig,
-        "bert": models.BertConfig,
-        "lstm": models.LSTMConfig,
-        "ngram": NGramConfig,
-        "hf_causal": models.HFCausalConfig,
-        "hf_encoder": models.HFEncoderConfig,
-    }
     tokenizer_classes = {
         "char": tokenizers.CharTokenizerConfig,
         "bpe": tokenizers.BPETokenizerConfig,
         "hf": tokenizers.HFTokenizerConfig,
     }
     return {
-        "model": {name: schema_of(cls) for name, cls in model_classes.items()},
+        "model": {name: schema_of(family.config) for name, family in FAMILIES.items()},
         "tokenizer": {name: schema_of(cls) for name, cls in tokenizer_classes.items()},
     }
 
@@ -134,20 +126,22 @@ class ExportSchema:
 
 COMMAND_SCHEMAS = {"generate": GenerateSchema, "eval": EvalSchema, "predict": PredictSchema, "export": ExportSchema}
 
-_registered = False
-
 
 def register_schemas() -> None:
-    """Store every schema in Hydra's ConfigStore (idempotent)."""
-    global _registered
-    if _registered:
-        return
+    """Store every schema in Hydra's ConfigStore (again after a family is registered: storing is idempotent).
+
+    A registered model family without a file in `conf/model/` also becomes a `model=<name>` choice with its config
+    dataclass's defaults, so a family added in Python composes, trains and evaluates with no YAML to write.
+    """
     from hydra.core.config_store import ConfigStore
+
+    from lmlab.config.groups import config_dir
 
     store = ConfigStore.instance()
     for group, named in schemas().items():
         for name, node in named.items():
             store.store(group=f"{SCHEMA_GROUP}/{group}", name=name, node=node)
+            if not (config_dir() / group / f"{name}.yaml").is_file():
+                store.store(group=group, name=name, node=node)
     for name, node in COMMAND_SCHEMAS.items():
         store.store(group=f"{SCHEMA_GROUP}/command", name=name, node=node)
-    _registered = True

@@ -84,10 +84,11 @@ class CausalLMTask(ModelTask):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        nats = self.loss(self(x), y, reduction="sum")
+        nats = self.loss(self(x), y, reduction="sum")  # targets < 0 (IGNORE_INDEX) add nothing
+        scored = y >= 0  # (B, T)
         self.val_nats.update(nats)
-        self.val_tokens.update(torch.tensor(float(y.numel()), device=y.device))
-        self.val_bytes.update(self.token_bytes[y].sum())
+        self.val_tokens.update(scored.sum().float())
+        self.val_bytes.update(self.token_bytes[y.clamp(min=0)][scored].sum())
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
