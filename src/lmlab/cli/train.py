@@ -121,8 +121,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from lmlab.cli.run_identity import name_tracking_runs
     from lmlab.compute.preflight import preflight
     from lmlab.config.resume import resume_run
+    from lmlab.generation import sample_continuation
     from lmlab.runs.provenance import write_provenance
-    from lmlab.runs.summary import performance, print_run_summary, sample_text, write_summary
+    from lmlab.runs.summary import performance, print_run_summary, write_summary
     from lmlab.tasks import CausalLMTask
     from lmlab.tokenizers import save_tokenizer
 
@@ -166,7 +167,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         from lmlab.compute.parallel import whole_model
 
         model = whole_model(task.model, task.model_config)  # FSDP: gathered from the shards
-        sample = sample_text(model, tokenizer, task.model_config.block_size, seed=cfg.seed, **cfg.sample)
+        sample = sample_continuation(model, tokenizer, task.model_config.block_size, seed=cfg.seed, **cfg.sample)
     if trainer.is_global_zero:  # one summary per run, not one per process
         print_run_summary(run_dir, metrics, trainer.checkpoint_callback, sample, perf)
         write_summary(run_dir, task, datamodule, metrics, fit_seconds, perf)

@@ -16,6 +16,7 @@ from torch import nn
 
 from lmlab.compute.perf import compute_dtype, format_bytes
 from lmlab.errors import LmlabError
+from lmlab.models import parameter_counts
 
 log = logging.getLogger("lmlab")
 
@@ -48,12 +49,6 @@ class MemoryEstimate:
         parts = (("weights", self.weights), ("grads", self.grads), ("AdamW", self.optimizer),
                  ("activations", self.activations))  # fmt: skip
         return " + ".join(f"{name} {format_bytes(value)}" for name, value in parts) + f" = {format_bytes(self.total)}"
-
-
-def parameter_counts(model: nn.Module) -> tuple[int, int]:
-    """(all, trainable) parameters, shared tensors once."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
 def layer_shape(model: nn.Module) -> tuple[int, int, bool] | None:

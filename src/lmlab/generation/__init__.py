@@ -28,6 +28,7 @@ from lmlab.generation.text import (
     IncrementalDetokenizer,
     StopText,
     generate_text,
+    sample_continuation,
     stream_pieces,
     stream_text,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "make_decoder",
     "process_logits",
     "require_causal",
+    "sample_continuation",
     "sample_next",
     "stream_pieces",
     "stream_text",

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import LmlabError
-from lmlab.generation.decoding import decode_steps
+from lmlab.generation.decoding import decode_steps, generate
 from lmlab.generation.sampling import SamplingOptions
 from lmlab.tokenizers import Tokenizer
 from lmlab.tokenizers.char import list_characters
@@ -240,3 +240,23 @@ def _run(
     for index, sequence in enumerate(sequences):
         yield index, sequence.finish()
         completions.append(sequence.completion)
+
+
+def sample_continuation(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    block_size: int,
+    prompt: str = "\n",
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    seed: int = 0,
+) -> str:
+    """Continue `prompt` with the model (the end-of-run and per-validation samples); the same seed gives the same
+    text."""
+    ids = tokenizer.encode(prompt) or [0]
+    device = next(iter([*model.parameters(), *model.buffers()])).device
+    idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = generate(model, idx, max_new_tokens, block_size, temperature, top_k, generator)
+    return tokenizer.decode(out[0].tolist())

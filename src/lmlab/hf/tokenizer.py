@@ -72,7 +72,7 @@ def save_hf_tokenizer(tokenizer: Tokenizer, folder: Path, model_max_length: int)
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def sample_text(tokenizer: Tokenizer, seed: int = 0) -> str:
+def vocabulary_probe_text(tokenizer: Tokenizer, seed: int = 0) -> str:
     """Text that exercises the vocabulary: every non-special token, shuffled, plus characters it may not know."""
     special = set(tokenizer.special_ids().values()) - {tokenizer.special_ids().get("unk", -1)}
     ids = [i for i in range(tokenizer.vocab_size) if i not in special]
@@ -86,7 +86,7 @@ def check_hf_tokenizer(tokenizer: Tokenizer, folder: Path) -> None:
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    text = sample_text(tokenizer)
+    text = vocabulary_probe_text(tokenizer)
     ids = tokenizer.encode(text)
     if hf(text, add_special_tokens=False, verbose=False)["input_ids"] != ids:  # verbose: no "longer than max" note
         raise LmlabError(f"the exported tokenizer in {folder} encodes differently from lmlab's; this is a bug")

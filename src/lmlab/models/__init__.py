@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from torch import nn
-
 from lmlab.models.bert import Bert, BertConfig
 from lmlab.models.gpt import GPT, GPTConfig
 from lmlab.models.hf_causal import HFCausal, HFCausalConfig
@@ -19,6 +17,7 @@ from lmlab.models.registry import (
     model_config_to_dict,
     register_family,
 )
+from lmlab.models.size import ParameterCounts, count_parameters, parameter_counts
 
 ModelConfig = GPTConfig | LSTMConfig | BertConfig | NGramConfig | HFEncoderConfig | HFCausalConfig
 """The built-in model config dataclasses (any registered family's config works where one is expected)."""
@@ -32,12 +31,6 @@ for _config, _module in (
     (HFCausalConfig, HFCausal),
 ):
     register_family(_config, _module)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """The model's own count where it defines one (tied weights once, n-gram entries), else its parameters."""
-    count = getattr(model, "num_parameters", None)
-    return int(count()) if callable(count) else sum(p.numel() for p in model.parameters())
 
 
 __all__ = [
@@ -56,10 +49,12 @@ __all__ = [
     "ModelFamily",
     "NGram",
     "NGramConfig",
+    "ParameterCounts",
     "build_model",
     "count_parameters",
     "family_of",
     "model_config_from_dict",
     "model_config_to_dict",
+    "parameter_counts",
     "register_family",
 ]

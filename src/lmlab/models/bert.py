@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.models.flops import matmul_parameters, transformer_flops_per_token
-from lmlab.models.layers import Block, TransformerConfig, init_gpt2_weights, make_norm, stack_hidden_states
+from lmlab.models.layers import TransformerBody, TransformerConfig, init_gpt2_weights, make_norm
 
 
 @dataclass
@@ -25,26 +25,16 @@ class BertConfig(TransformerConfig):
     causal = False
 
 
-class Bert(nn.Module):
+class Bert(TransformerBody):
     """Embeddings -> bidirectional blocks -> norm; `forward` adds the MLM head (dense, GELU, norm, tied decoder)."""
 
     def __init__(self, config: BertConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_embedding == "learned" else None
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, causal=False) for _ in range(config.n_layer))
-        self.ln_f = make_norm(config)
+        super().__init__(config, causal=False)
         self.mlm_dense = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.mlm_norm = make_norm(config)
         self.mlm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.mlm_head.weight = self.wte.weight  # tied decoder, as in BERT
         init_gpt2_weights(self, config.n_layer)
-
-    def hidden_states(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Contextual embeddings (B, T, C) of ids (B, T); `attention_mask` (B, T) is 1 for real tokens, 0 for pad."""
-        return stack_hidden_states(self, idx, attention_mask)
 
     def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Masked-LM logits (B, T, vocab_size)."""

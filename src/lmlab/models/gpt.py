@@ -9,7 +9,7 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.models.flops import transformer_flops_per_token
-from lmlab.models.layers import Block, KVCache, TransformerConfig, init_gpt2_weights, make_norm, stack_hidden_states
+from lmlab.models.layers import KVCache, TransformerBody, TransformerConfig, init_gpt2_weights
 
 
 @dataclass
@@ -20,24 +20,14 @@ class GPTConfig(TransformerConfig):
     causal = True
 
 
-class GPT(nn.Module):
+class GPT(TransformerBody):
     """Token (+ learned position) embeddings -> causal blocks -> norm -> logits over the vocabulary (tied)."""
 
     def __init__(self, config: GPTConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_embedding == "learned" else None
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, causal=True) for _ in range(config.n_layer))
-        self.ln_f = make_norm(config)
+        super().__init__(config, causal=True)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
         init_gpt2_weights(self, config.n_layer)
-
-    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
-        """Final normalised hidden states (B, T, C) of token ids (B, T)."""
-        return stack_hidden_states(self, idx)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Map token ids (B, T) to next-token logits (B, T, vocab_size)."""
@@ -70,10 +60,7 @@ class GPT(nn.Module):
             )
         columns = torch.arange(start, start + T, device=idx.device)  # (T,)
         positions = (columns[None, :] - cache.pad[:, None]).clamp(min=0)  # (B, T): counted from each row's start
-        x = self.wte(idx)  # (B, T, C)
-        if self.wpe is not None:
-            x = x + self.wpe(positions)
-        x = self.drop(x)
+        x = self.embed(idx, positions)  # (B, T, C)
         mask = self._cache_mask(cache, start, T)
         for block, keys, values in zip(self.blocks, cache.keys, cache.values, strict=True):
             x = block.forward_cached(x, keys, values, start=start, positions=positions, mask=mask)

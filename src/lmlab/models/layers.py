@@ -253,16 +253,36 @@ def init_gpt2_weights(model: nn.Module, n_layer: int) -> None:
             nn.init.normal_(param, mean=0.0, std=0.02 / (2 * n_layer) ** 0.5)
 
 
-def stack_hidden_states(model: nn.Module, idx: torch.Tensor, key_padding: torch.Tensor | None = None) -> torch.Tensor:
-    """Run `model`'s embeddings (`wte`, optional `wpe`), `drop`, `blocks` and `ln_f` over ids (B, T) -> (B, T, C)."""
-    T = idx.size(1)
-    if model.config.block_size < T:
-        raise LmlabError(f"input of {T} tokens is longer than model.block_size={model.config.block_size}")
-    x = model.wte(idx)  # (B, T, C)
-    if model.wpe is not None:
-        x = x + model.wpe(torch.arange(T, device=idx.device))
-    x = model.drop(x)
-    recompute = model.config.activation_checkpointing and torch.is_grad_enabled()
-    for block in model.blocks:  # recompute: keep only each block's input; dropout replays its saved RNG state
-        x = checkpoint(block, x, key_padding, use_reentrant=False) if recompute else block(x, key_padding)
-    return model.ln_f(x)
+class TransformerBody(nn.Module):
+    """Token (+ learned position) embeddings -> `n_layer` pre-norm blocks -> final norm: the body GPT and BERT share.
+
+    Subclasses add their head on top of `hidden_states` in their own `forward`.
+    """
+
+    def __init__(self, config: TransformerConfig, causal: bool) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_embedding == "learned" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, causal) for _ in range(config.n_layer))
+        self.ln_f = make_norm(config)
+
+    def embed(self, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (+ the learned position table at `positions`, (T,) or (B, T)) of ids (B, T) -> (B, T, C)."""
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(positions)
+        return self.drop(x)
+
+    def hidden_states(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final normalised hidden states (B, T, C) of ids (B, T); `attention_mask` (B, T) is 1 for real tokens, 0
+        for padding (keys that no query attends to)."""
+        T = idx.size(1)
+        if self.config.block_size < T:
+            raise LmlabError(f"input of {T} tokens is longer than model.block_size={self.config.block_size}")
+        x = self.embed(idx, torch.arange(T, device=idx.device))
+        recompute = self.config.activation_checkpointing and torch.is_grad_enabled()
+        for block in self.blocks:  # recompute: keep only each block's input; dropout replays its saved RNG state
+            x = checkpoint(block, x, attention_mask, use_reentrant=False) if recompute else block(x, attention_mask)
+        return self.ln_f(x)

@@ -6,36 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
-from torch import nn
 
 from lmlab.compute.perf import format_bytes, peak_memory_bytes
-from lmlab.generation import generate
 from lmlab.io import atomic_write_text
 from lmlab.models import count_parameters
-from lmlab.tokenizers import Tokenizer
-
-
-def sample_text(
-    model: nn.Module,
-    tokenizer: Tokenizer,
-    block_size: int,
-    prompt: str = "\n",
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int | None = None,
-    seed: int = 0,
-) -> str:
-    """Continue `prompt` with the model; the same seed gives the same text."""
-    ids = tokenizer.encode(prompt) or [0]
-    device = next(iter([*model.parameters(), *model.buffers()])).device
-    idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    out = generate(model, idx, max_new_tokens, block_size, temperature, top_k, generator)
-    return tokenizer.decode(out[0].tolist())
 
 
 def performance(trainer: Any) -> dict[str, Any]:

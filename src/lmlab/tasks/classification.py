@@ -14,9 +14,9 @@ from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from lmlab.errors import LmlabError
-from lmlab.models import ModelConfig, model_config_to_dict
+from lmlab.models import ModelConfig, model_config_to_dict, parameter_counts
 from lmlab.tasks.base import ModelTask, OptimizerFactory, SchedulerFactory, decay_groups
-from lmlab.tasks.finetune import apply_finetune_mode, class_weight_list, load_backbone, parameter_counts
+from lmlab.tasks.finetune import apply_finetune_mode, class_weight_list, load_backbone
 from lmlab.tasks.pooling import default_pooling, pool
 from lmlab.tokenizers import Tokenizer
 
@@ -152,7 +152,7 @@ class ClassificationTask(ModelTask):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        trainable, total = parameter_counts(self)
+        total, trainable = parameter_counts(self)
         log.info(
             "task.finetune=%s: %s of %s parameters trainable (%.2f %%)",
             self.finetune, f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1),

@@ -112,12 +112,6 @@ def apply_finetune_mode(model: nn.Module, mode: str, family: str, r: int, alpha:
     return model
 
 
-def parameter_counts(module: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters of a module, shared tensors counted once."""
-    params = {id(p): p for p in module.parameters()}.values()
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
 def class_weight_list(spec: str | list[float] | None, counts: list[int] | None, num_classes: int) -> list[float] | None:
     """Cross-entropy class weights: None, explicit per-class weights, or `balanced` (n / (classes * count))."""
     if spec is None:
