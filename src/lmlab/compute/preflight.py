@@ -137,8 +137,6 @@ def preflight(
 ) -> MemoryEstimate | None:
     """Print parameters, tokens per optimizer step and the memory estimate; raise `LmlabError` naming the lever
     to pull when the estimate exceeds the device's memory (`device_memory_gb` overrides what the device reports)."""
-    from lmlab.tasks import ClassificationTask
-
     if not enabled:
         return None
     model = task.model
@@ -149,7 +147,7 @@ def preflight(
     strategy = type(trainer.strategy).__name__
     estimate = estimate_memory(
         model, str(trainer.precision), micro, seq_len, shard_divisors(trainer.strategy, trainer.world_size),
-        lm_head=not isinstance(task, ClassificationTask), compiled_loss=bool(getattr(task.model_config, "compile", 0)),
+        lm_head=getattr(task, "vocabulary_logits", True), compiled_loss=bool(getattr(task.model_config, "compile", 0)),
     )  # fmt: skip
     if trainer.is_global_zero:
         log.info(

@@ -68,6 +68,10 @@ class ModelTask(pl.LightningModule):
         weight_decay: decay applied to ≥2-D weights only.
     """
 
+    vocabulary_logits = True
+    """Whether a step computes logits over the vocabulary for every token (language models; a classifier does not):
+    they dominate activation memory at large vocabularies, so the preflight estimate counts them."""
+
     def __init__(
         self,
         model: ModelConfig | dict[str, Any],

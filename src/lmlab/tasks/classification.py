@@ -45,6 +45,8 @@ class ClassificationTask(ModelTask):
         tokenizer_kind: kind of the run's tokenizer, checked against the model (a HF encoder needs its own).
     """
 
+    vocabulary_logits = False
+
     def __init__(
         self,
         model: ModelConfig | dict[str, Any],
