@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.core.config_store import ConfigStore
 from torch import nn
 
 from lmlab.checkpoints import load_checkpoint
@@ -48,6 +49,9 @@ def bigram_family():
     register_schemas()  # as `lmlab <command>` does before composing
     yield family
     FAMILIES.pop(family.name)
+    repo = ConfigStore.instance().repo  # forget its config choice and schema, so later tests see the real families
+    for group in (repo["model"], repo["schema"]["model"]):
+        group.pop(f"{family.name}.yaml", None)
 
 
 def test_a_family_registered_in_one_place_composes_trains_and_evaluates(bigram_family, tmp_path: Path) -> None:
