@@ -55,6 +55,26 @@ def test_quiet_drops_only_the_named_messages() -> None:
     assert sum(isinstance(f, DropMessages) for f in rank_zero.filters) == 1
 
 
+def test_the_progress_bar_brings_a_model_summary_without_flops(capsys) -> None:
+    """Lightning pairs a Rich bar with its RichModelSummary, whose FLOPs column and total read 0 for lmlab's tasks."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import RichModelSummary
+
+    from lmlab.callbacks import LMModelSummary, LMProgressBar
+
+    bar = LMProgressBar()
+    trainer = pl.Trainer(callbacks=[bar], accelerator="cpu", logger=False, enable_checkpointing=False)
+    assert [type(c) for c in trainer.callbacks if isinstance(c, RichModelSummary)] == [RichModelSummary]
+    bar.setup(trainer, pl.LightningModule(), "fit")
+    (summary,) = [c for c in trainer.callbacks if isinstance(c, RichModelSummary)]
+    assert type(summary) is LMModelSummary
+    columns = [(" ", ["0"]), ("Name", ["model"]), ("Type", ["GPT"]), ("Params", ["3.9 K"]), ("Mode", ["train"])]
+    summary.summarize([*columns, ("FLOPs", ["0"])], 3900, 3900, 0.016, {"train": 21, "eval": 0}, total_flops=0)
+    out = capsys.readouterr().out
+    assert "GPT" in out and "Trainable params: 3.9 K" in out and "Modules in train mode: 21" in out
+    assert "FLOPs" not in out
+
+
 def test_control_characters_are_counted_with_the_first_line() -> None:
     controls = ControlCharacters()
     for piece in ("plain line\nsecond\n", "third ", "has \x1bAN ESCAPE\nand a bell\x07\n"):

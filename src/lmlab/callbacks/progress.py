@@ -26,7 +26,7 @@ class LMProgressBar(RichProgressBar):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        for callback in trainer.callbacks:
             if type(callback) is RichModelSummary:  # the one Lightning adds for a Rich bar; runs after setup
                 callback.__class__ = LMModelSummary  # the same state, lmlab's printing
 
