@@ -25,7 +25,7 @@ def batch_shape(batch: Any) -> tuple[int, int]:
 
 class Throughput(pl.Callback):
     """Logs `perf/tokens_per_sec`, `perf/samples_per_sec`, `perf/flops_per_sec` and `perf/mfu` (all processes
-    together) and `train/lr` every `every_n_steps` optimizer steps.
+    together) and `train/lr` every `every_n_steps` optimizer steps and at the last one.
 
     Each report covers the steps since the previous one (a window), so start-up and validation pauses drop out.
     Achieved FLOP/s is tokens/s × the model's training FLOPs per token (`lmlab.models.flops`); MFU divides it by the
