@@ -10,8 +10,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "lmlab"
-FOUNDATION = {"lmlab", "errors", "io"}
-"""Modules every package may import: the package root (its version), the error type and crash-safe writes."""
+FOUNDATION = {"lmlab", "errors", "io", "terminal"}
+"""Modules every package may import: the package root (its version), the error type, crash-safe writes and text
+made safe for a terminal."""
 CONFIG_PACKAGES = {"cli", "config"}
 
 

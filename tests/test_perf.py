@@ -55,7 +55,7 @@ def test_peak_flops_configured_calibrated_or_unknown() -> None:
     cpu = torch.device("cpu")
     assert device_peak_flops(cpu, "32-true", configured=5e9) == 5e9
     assert device_peak_flops(cpu, "bf16-mixed") is None  # no CPU peak for bf16: MFU is not reported
-    assert cpu_matmul_flops(size=128, seconds=0.02) > 1e6
+    assert cpu_matmul_flops(sizes=(64, 128), seconds=0.02) > 1e6
 
 
 @pytest.mark.parametrize(
@@ -121,6 +121,74 @@ def test_summary_leaves_out_the_warm_up_window(monkeypatch) -> None:
     assert callback.summary()["tokens_per_sec"] == pytest.approx(100.0)  # 200 tokens in the last 2 s, not 300 in 12
 
 
+class FakeClock:
+    """`time.perf_counter` that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def drive(callback: Throughput, clock: FakeClock, seconds_per_step: list[float], max_steps: int) -> list[dict]:
+    """Run the callback's hooks over one step per entry (4 sequences of 8 tokens), validating after step 3; return
+    what it logged at each report."""
+    from types import SimpleNamespace
+
+    reports: list[dict] = []
+    module = SimpleNamespace(log=lambda name, value, **kwargs: reports[-1].__setitem__(name, (value.item(), kwargs)))
+    batch = torch.zeros(4, 8, dtype=torch.long)
+    for step, seconds in enumerate(seconds_per_step, start=1):
+        trainer = SimpleNamespace(world_size=1, global_step=step, optimizers=[], max_steps=max_steps)
+        callback.on_train_batch_start(trainer, module, batch, 0)
+        clock.now += seconds
+        reports.append({})
+        callback.on_train_batch_end(trainer, module, None, batch, 0)
+        clock.now += 0.5  # the rest of the step: logging, progress bar
+        if step == 3:
+            callback.on_validation_start(trainer, module)
+            clock.now += 100.0  # validation: not training time
+    callback.on_train_end(trainer, module)
+    return [r for r in reports if r]
+
+
+def test_a_window_faster_than_the_calibrated_peak_raises_it_so_mfu_stays_at_most_one(monkeypatch, caplog) -> None:
+    """A CPU calibration taken while other processes ran is below what a later window achieves; MFU must not read
+    106 % then: the peak becomes the best rate reached, in every report and in the summary."""
+    clock = FakeClock()
+    monkeypatch.setattr("lmlab.callbacks.throughput.time.perf_counter", clock)
+    callback = Throughput(every_n_steps=1)
+    callback.flops_per_token, callback.peak_flops = 1e6, 32e6  # calibrated: 1 step of 32 tokens per second
+    caplog.set_level("INFO", logger="lmlab")
+    reports = drive(callback, clock, [1.0, 1.0, 0.25, 1.0], max_steps=4)  # step 3's window: 0.5 + 0.25 s
+    mfus = [r["perf/mfu"][0] for r in reports]  # each window's, for the loggers
+    assert max(mfus) == pytest.approx(1.0) and all(m <= 1.0 for m in mfus), mfus
+    assert callback.peak_flops == pytest.approx(32e6 / 0.75)
+    assert callback.summary()["mfu"] <= 1.0 and all(r["perf/avg_mfu"][0] <= 1.0 for r in reports)
+    assert "above the estimated peak" in caplog.text
+
+
+def test_the_progress_bar_ends_on_the_run_summary_numbers(monkeypatch) -> None:
+    """The bar shows the run's steady-state rates so far (the loggers each window's): its last `tok/s` and `mfu`
+    are the summary's, even when the budget ends between reports and a validation pause lies in between."""
+    clock = FakeClock()
+    monkeypatch.setattr("lmlab.callbacks.throughput.time.perf_counter", clock)
+    callback = Throughput(every_n_steps=2, peak_flops=1e9)
+    callback.flops_per_token, callback.peak_flops = 1e6, 1e9
+    reports = drive(callback, clock, [5.0, 1.0, 1.0, 1.0, 0.1], max_steps=5)  # slow warm-up; a fast last step
+    assert [sorted(k for k, (_, kw) in r.items() if kw["prog_bar"]) for r in reports] == [
+        ["perf/avg_mfu", "perf/avg_tokens_per_sec"]
+    ] * 3  # steps 2, 4 and the last (5)
+    assert all(not kw["logger"] for r in reports for _, kw in r.values() if kw["prog_bar"])  # not charted
+    summary = callback.summary()
+    assert reports[-1]["perf/avg_tokens_per_sec"][0] == pytest.approx(summary["tokens_per_sec"])
+    assert reports[-1]["perf/avg_mfu"][0] == pytest.approx(summary["mfu"])
+    # steps 3-5 of 32 tokens (1-2 are the warm-up window) over their windows: 0.5 + 1 + 0.5, 1, 0.5 + 0.1 seconds
+    assert summary["tokens_per_sec"] == pytest.approx(3 * 32 / (2.0 + 1.0 + 0.6))
+    assert reports[-1]["perf/tokens_per_sec"][0] == pytest.approx(32 / 0.6)  # the last window, for the loggers
+
+
 def test_reported_rates_are_cpu_tensors_so_the_progress_bar_never_waits_for_a_gpu() -> None:
     """Lightning turns a logged number into a tensor on the model's device and reads progress-bar values back on
     every step; a CPU tensor keeps that read-back free on a GPU run."""
@@ -129,12 +197,12 @@ def test_reported_rates_are_cpu_tensors_so_the_progress_bar_never_waits_for_a_gp
     logged = {}
     module = SimpleNamespace(log=lambda name, value, **kwargs: logged.setdefault(name, value))
     optimizer = SimpleNamespace(param_groups=[{"lr": 3e-4}])
-    trainer = SimpleNamespace(world_size=1, global_step=10, optimizers=[optimizer])
+    trainer = SimpleNamespace(world_size=1, global_step=10, optimizers=[optimizer], max_steps=100)
     callback = Throughput(every_n_steps=10, peak_flops=1e12)
     callback.flops_per_token, callback.peak_flops, callback._start = 1e6, 1e12, 0.0
     callback._first = (0, 0, 1.0)  # past the warm-up window
     callback.on_train_batch_end(trainer, module, None, torch.zeros(4, 8, dtype=torch.long), 0)
-    assert {"perf/tokens_per_sec", "perf/mfu", "train/lr"} <= set(logged)
+    assert {"perf/tokens_per_sec", "perf/mfu", "perf/avg_tokens_per_sec", "train/lr"} <= set(logged)
     assert all(isinstance(v, torch.Tensor) and v.device.type == "cpu" for v in logged.values()), logged
     assert logged["train/lr"].item() == pytest.approx(3e-4)
 

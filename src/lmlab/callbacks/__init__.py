@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lmlab.callbacks.checkpointing import BestAndLastCheckpoint
 from lmlab.callbacks.metadata import CheckpointMetadata
-from lmlab.callbacks.progress import LMProgressBar
+from lmlab.callbacks.progress import LMModelSummary, LMProgressBar
 from lmlab.callbacks.reliability import FiniteLoss, GracefulInterrupt, RNGState, safety_callbacks
 from lmlab.callbacks.samples import GeneratedSamples
 from lmlab.callbacks.throughput import Throughput, TokensPerSecond
@@ -15,6 +15,7 @@ __all__ = [
     "FiniteLoss",
     "GeneratedSamples",
     "GracefulInterrupt",
+    "LMModelSummary",
     "LMProgressBar",
     "RNGState",
     "Throughput",

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from lmlab.cli.runner import hydra_entry
 from lmlab.errors import LmlabError
+from lmlab.terminal import visible
 
 if TYPE_CHECKING:
     from lmlab.checkpoints.load import LoadedCheckpoint
@@ -80,7 +81,7 @@ def print_streamed(
         for sample in range(config.num_samples):
             if many:
                 print(_header(number, sample, config.num_samples))
-            sys.stdout.write(text)
+            sys.stdout.write(visible(text))
             one = dataclasses.replace(config, num_samples=1, seed=config.seed + sample)
             (done,) = generate_text(loaded.model, loaded.tokenizer, [prompt], one, block_size, on_text=_write)
             done.sample = sample
@@ -96,7 +97,7 @@ def print_completions(completions: Sequence[Completion], texts: Sequence[str], n
     for index, completion in enumerate(completions):
         if many:
             print(_header(index // num_samples + 1, completion.sample, num_samples))
-        print(texts[index // num_samples] + completion.text)
+        print(visible(texts[index // num_samples] + completion.text))
 
 
 def _header(prompt_number: int, sample: int, num_samples: int) -> str:
@@ -105,7 +106,7 @@ def _header(prompt_number: int, sample: int, num_samples: int) -> str:
 
 
 def _write(index: int, piece: str) -> None:
-    sys.stdout.write(piece)
+    sys.stdout.write(visible(piece))  # printed only: the completion keeps the model's text
     sys.stdout.flush()
 
 

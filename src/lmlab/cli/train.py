@@ -123,10 +123,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from lmlab.config.resume import resume_run
     from lmlab.generation import sample_continuation
     from lmlab.runs.provenance import write_provenance
+    from lmlab.runs.quiet import quiet_third_party
     from lmlab.runs.summary import performance, print_run_summary, write_summary
     from lmlab.tasks import CausalLMTask
     from lmlab.tokenizers import save_tokenizer
 
+    quiet_third_party()  # other libraries' start-up tips and deprecations, by their exact messages
     use_starting_point(cfg)
     cfg, resume_from = resume_run(cfg, command_line_overrides())  # `resume=...`: the earlier run's folder and config
     run_dir = Path(cfg.paths.output_dir)

@@ -21,6 +21,7 @@ import numpy as np
 
 from lmlab.data.corpora import Corpus
 from lmlab.errors import LmlabError
+from lmlab.terminal import CONTROL_CHARACTERS, visible
 from lmlab.tokenizers import Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,42 @@ def split_text(text: str, val_fraction: float) -> tuple[str, str]:
     """Deterministic split: the last `val_fraction` of the characters, starting at a line boundary, is val."""
     cut = split_point([text], len(text), val_fraction)
     return text[:cut], text[cut:]
+
+
+@dataclass
+class ControlCharacters:
+    """Control characters met while streaming a corpus (`lmlab.terminal.CONTROL_CHARACTERS`): how many, and the
+    first one with its line number and the text around it, for a warning a user can act on."""
+
+    count: int = 0
+    line: int = 1
+    """Line of the first one (1-based, counted over the whole corpus); the line count so far until one is met."""
+    example: str = ""
+    """The first one's line, at most 20 characters either side of it."""
+
+    def add(self, piece: str) -> None:
+        """Count the control characters of the next piece of the corpus."""
+        found = len(CONTROL_CHARACTERS.findall(piece))
+        if self.count == 0:
+            first = CONTROL_CHARACTERS.search(piece)
+            if first is None:
+                self.line += piece.count("\n")
+                return
+            self.line += piece.count("\n", 0, first.start())
+            start = max(piece.rfind("\n", 0, first.start()) + 1, first.start() - 20)
+            end = piece.find("\n", first.end())
+            self.example = piece[start : min(first.end() + 20, len(piece) if end == -1 else end)]
+        self.count += found
+
+    def warn(self, corpus: str) -> None:
+        """Log a warning when there were any: they become tokens to learn, and raw terminal commands in print."""
+        if self.count:
+            log.warning(
+                "corpus %s has %s control characters, e.g. on line %d: '%s'; the model learns them as text (samples "
+                "print them escaped); if they are noise, remove them from the source (ANSI colour codes: "
+                "sed -i 's/\\x1b\\[[0-9;]*m//g' FILE)",
+                corpus, f"{self.count:,}", self.line, visible(self.example),
+            )  # fmt: skip
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
@@ -139,7 +176,11 @@ def build_token_cache(
         return entry
     log.info("building token cache for %s in %s", corpus.name, entry)
     # Streamed in passes over the corpus (length, split point, tokenizer training, encoding), never held whole.
-    total = sum(len(piece) for piece in corpus.documents())
+    total, controls = 0, ControlCharacters()
+    for piece in corpus.documents():
+        total += len(piece)
+        controls.add(piece)
+    controls.warn(corpus.name)
     cut = split_point(corpus.documents(), total, val_fraction)
     tokenizer = tokenizer_config.train(line_chunks(char_range(corpus.documents(), 0, cut)))
     tmp = root / f".tmp-{key}-{os.getpid()}"

@@ -147,7 +147,7 @@ def wandb_logger(
     if resume:
         log.info("W&B: continuing run %s of %s", id, save_dir)
     config = {"provenance": run_environment(), **kwargs.pop("config", {})}
-    return WandbLogger(
+    logger = WandbLogger(
         project=project,
         save_dir=save_dir,
         name=name or None,
@@ -159,6 +159,10 @@ def wandb_logger(
         config=config,
         **kwargs,
     )
+    init = getattr(logger, "_wandb_init", {})
+    if init.get("anonymous", False) is None:  # Lightning passes anonymous=None, which W&B warns has no effect
+        del init["anonymous"]
+    return logger
 
 
 def finish_wandb() -> None:

@@ -9,10 +9,12 @@ from typing import Any
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from lmlab.compute.perf import format_bytes, peak_memory_bytes
 from lmlab.io import atomic_write_text
 from lmlab.models import count_parameters
+from lmlab.terminal import visible
 
 
 def performance(trainer: Any) -> dict[str, Any]:
@@ -57,7 +59,8 @@ def print_run_summary(
         table.add_row(name, value)
     console.print(table)
     if sample is not None:
-        console.print(Panel(sample, title="sample", expand=False))
+        # Text, not a str: a sample's `[...]` is not Rich markup; its control characters are shown, not obeyed
+        console.print(Panel(Text(visible(sample)), title="sample", expand=False))
     best = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
     if best:
         console.print(f"best checkpoint: {best}")
