@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import logging
 import os
 import signal
 from pathlib import Path
@@ -14,7 +16,7 @@ import torch
 from lmlab.checkpoints.find import checkpoints_of
 from lmlab.checkpoints.load import load_checkpoint, read_checkpoint
 from lmlab.cli.train import train
-from lmlab.config.resume import resume_run
+from lmlab.config.resume import finished, resume_run
 from lmlab.data.sharding import GlobalBatchSampler
 from lmlab.errors import LmlabError
 from tests.conftest import TINY_TEXT, compose_train
@@ -145,6 +147,24 @@ def test_resume_auto_finds_the_run_of_the_same_config(finished_run: tuple[Path, 
     other = compose_train(run_dir.parents[1] / "three", [*overrides, "seed=7", "resume=auto"])
     cfg, checkpoint = resume_run(other, [])  # no run of this config yet: a new run
     assert checkpoint is None and cfg.paths.output_dir == other.paths.output_dir
+
+
+def test_resuming_a_finished_run_changes_nothing(
+    finished_run: tuple[Path, list[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The docs' restart command (`resume=auto`), repeated after the run ended: one line, the same metrics, and no
+    file of the run rewritten (no second final validation row, no summary without train/loss and throughput)."""
+    run_dir, overrides = finished_run
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    with caplog.at_level(logging.INFO, logger="lmlab"):
+        metrics = train(compose_train(run_dir.parents[1] / "again", [*overrides, "resume=auto"]))
+    assert metrics == summary["metrics"]
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    assert f"the run in {run_dir} is complete" in caplog.text
+    longer = compose_train(run_dir.parents[1] / "longer", [*overrides, "trainer.max_steps=3", f"resume={run_dir}"])
+    cfg, checkpoint = resume_run(longer, ["trainer.max_steps=3"])
+    assert checkpoint and finished(cfg) is None  # a raised budget trains on
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,11 @@ _ABSENT = object()
 
 
 def resume_run(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, str | None]:
-    """The config to train with and the checkpoint to continue from (`None`: a fresh run, `cfg` unchanged)."""
+    """The config to train with and the checkpoint to continue from (`None`: a fresh run, `cfg` unchanged).
+
+    A run that already reached its budget (`finished`) is returned untouched: no `resumes.log` line, no trimmed
+    metrics; the train command then does nothing.
+    """
     choice = cfg.get("resume")
     if not choice:
         return cfg, None
@@ -49,6 +53,12 @@ def resume_run(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, str |
     else:
         run_dir, checkpoint = locate(Path(str(choice)).expanduser())
     resumed = resumed_config(cfg, read_run_config(run_dir), run_dir, overrides)
+    if finished(resumed) is not None:  # the docs' one restart command, repeated after the end: leave the run as is
+        log.info(
+            "resume: the run in %s is complete (its summary.json shows the training budget reached); nothing to do, "
+            "nothing changed. To train further, raise trainer.max_steps", run_dir,
+        )  # fmt: skip
+        return resumed, str(checkpoint)
     quiet_resume_warnings()
     if rank_zero_only.rank == 0:  # a DDP worker re-executes this command; the folder is tidied once
         note_resume(run_dir, fresh_dir, checkpoint)
@@ -56,6 +66,14 @@ def resume_run(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, str |
             trim_metrics(metrics, checkpoint_step(checkpoint))
     log.info("resuming %s from %s", run_dir, checkpoint)
     return resumed, str(checkpoint)
+
+
+def finished(cfg: DictConfig) -> dict[str, float] | None:
+    """The final metrics of the resumed run `cfg` when it has already reached its budget (None: train on)."""
+    from lmlab.runs.summary import finished_metrics
+
+    trainer = cfg.trainer
+    return finished_metrics(Path(cfg.paths.output_dir), trainer.max_steps, trainer.get("max_epochs"))
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
