@@ -155,13 +155,16 @@ def test_resuming_a_finished_run_changes_nothing(
     """The docs' restart command (`resume=auto`), repeated after the run ended: one line, the same metrics, and no
     file of the run rewritten (no second final validation row, no summary without train/loss and throughput)."""
     run_dir, overrides = finished_run
-    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    journal = run_dir / "resumes.log"  # one line per invocation, so `lmlab report` knows its folder is not a run
+    files = lambda: {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p != journal}  # noqa: E731
+    before, lines = files(), journal.read_text().splitlines() if journal.is_file() else []
     summary = json.loads((run_dir / "summary.json").read_text())
     with caplog.at_level(logging.INFO, logger="lmlab"):
         metrics = train(compose_train(run_dir.parents[1] / "again", [*overrides, "resume=auto"]))
     assert metrics == summary["metrics"]
-    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    assert files() == before
     assert f"the run in {run_dir} is complete" in caplog.text
+    assert journal.read_text().splitlines()[:-1] == lines and "complete" in journal.read_text().splitlines()[-1]
     longer = compose_train(run_dir.parents[1] / "longer", [*overrides, "trainer.max_steps=3", f"resume={run_dir}"])
     cfg, checkpoint = resume_run(longer, ["trainer.max_steps=3"])
     assert checkpoint and finished(cfg) is None  # a raised budget trains on

@@ -35,8 +35,8 @@ _ABSENT = object()
 def resume_run(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, str | None]:
     """The config to train with and the checkpoint to continue from (`None`: a fresh run, `cfg` unchanged).
 
-    A run that already reached its budget (`finished`) is returned untouched: no `resumes.log` line, no trimmed
-    metrics; the train command then does nothing.
+    A run that already reached its budget (`finished`) is left as it is, but for a line in `resumes.log`; the train
+    command then does nothing.
     """
     choice = cfg.get("resume")
     if not choice:
@@ -53,18 +53,19 @@ def resume_run(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, str |
     else:
         run_dir, checkpoint = locate(Path(str(choice)).expanduser())
     resumed = resumed_config(cfg, read_run_config(run_dir), run_dir, overrides)
-    if finished(resumed) is not None:  # the docs' one restart command, repeated after the end: leave the run as is
-        log.info(
-            "resume: the run in %s is complete (its summary.json shows the training budget reached); nothing to do, "
-            "nothing changed. To train further, raise trainer.max_steps", run_dir,
-        )  # fmt: skip
-        return resumed, str(checkpoint)
-    quiet_resume_warnings()
+    complete = finished(resumed) is not None  # e.g. the docs' one restart command, repeated after the end
     if rank_zero_only.rank == 0:  # a DDP worker re-executes this command; the folder is tidied once
-        note_resume(run_dir, fresh_dir, checkpoint)
-        for metrics in run_dir.glob("*/metrics.csv"):  # rows after the checkpoint are logged again
+        note_resume(run_dir, fresh_dir, checkpoint, complete)
+        for metrics in () if complete else run_dir.glob("*/metrics.csv"):  # rows after the checkpoint come again
             trim_metrics(metrics, checkpoint_step(checkpoint))
-    log.info("resuming %s from %s", run_dir, checkpoint)
+    if complete:
+        log.info(
+            "resume: the run in %s is complete (its summary.json shows the training budget reached); nothing to do. "
+            "To train further, raise trainer.max_steps", run_dir,
+        )  # fmt: skip
+    else:
+        quiet_resume_warnings()
+        log.info("resuming %s from %s", run_dir, checkpoint)
     return resumed, str(checkpoint)
 
 
@@ -174,11 +175,13 @@ def saved_choices(run_dir: Path) -> dict[str, Any]:
     return {str(k): "null" if v is None else str(v) for k, v in choices.items()}
 
 
-def note_resume(run_dir: Path, fresh_dir: Path, checkpoint: Path) -> None:
-    """Append to `<run dir>/resumes.log`, and drop temporary files an earlier kill left among the checkpoints."""
+def note_resume(run_dir: Path, fresh_dir: Path, checkpoint: Path, complete: bool = False) -> None:
+    """Append to `<run dir>/resumes.log` (so `lmlab report` knows this invocation's folder is not a run of its own),
+    and drop temporary files an earlier kill left among the checkpoints."""
     for stale in (run_dir / "checkpoints").glob(".*.tmp"):
         log.info("resume: removing %s, left by an interrupted checkpoint write", stale)
         stale.unlink(missing_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    what = f"found the run complete at {checkpoint}; nothing done" if complete else f"resumed from {checkpoint}"
     with open(run_dir / "resumes.log", "a", encoding="utf-8") as file:
-        file.write(f"{stamp} resumed from {checkpoint} (this invocation's Hydra folder: {fresh_dir})\n")
+        file.write(f"{stamp} {what} (this invocation's Hydra folder: {fresh_dir})\n")
