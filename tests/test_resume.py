@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 
 from lmlab.checkpoints.find import checkpoints_of
 from lmlab.checkpoints.load import load_checkpoint, read_checkpoint
 from lmlab.cli.train import train
-from lmlab.config.resume import finished, resume_run
+from lmlab.config.groups import config_dir
+from lmlab.config.resume import finished, new_run_instead, resume_run
 from lmlab.data.sharding import GlobalBatchSampler
 from lmlab.errors import LmlabError
 from tests.conftest import TINY_TEXT, compose_train
@@ -126,8 +128,11 @@ def test_resume_refuses_a_change_the_checkpoint_depends_on(finished_run: tuple[P
     run_dir, overrides = finished_run
     here = run_dir.parents[1] / "changed"
     changed = compose_train(here, [*overrides, "model.n_embd=32", f"resume={run_dir}"])
-    with pytest.raises(LmlabError, match=r"model.n_embd=32 changes model.n_embd"):
+    with pytest.raises(LmlabError, match=r"model.n_embd=32 changes model.n_embd") as error:
         resume_run(changed, ["model.n_embd=32", f"resume={run_dir}"])
+    assert str(error.value).endswith("or start a new run (leave out resume)")  # causal_lm has no task.init_from
+    classification = OmegaConf.create({"task": OmegaConf.load(config_dir() / "task" / "classification.yaml")})
+    assert "add task.init_from=<checkpoint>" in new_run_instead(classification)  # test_finetune runs that advice
     with pytest.raises(LmlabError, match=r"hardware=ddp_cpu replaces or removes a part of the saved config"):
         resume_run(compose_train(here, [*overrides, f"resume={run_dir}"]), ["hardware=ddp_cpu"])
     (run_dir / ".hydra").mkdir(exist_ok=True)  # Hydra's record of the first invocation's group choices
@@ -288,6 +293,10 @@ def test_resume_from_a_checkpoint_file_continues_its_run(finished_run: tuple[Pat
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     cfg, chosen = resume_run(compose_train(run_dir.parents[1] / "four", [*overrides, f"resume={checkpoint}"]), [])
     assert cfg.paths.output_dir == str(run_dir) and Path(chosen) == checkpoint
+    loose = run_dir.parents[1] / "loose.ckpt"  # a checkpoint outside its run folder: ckpt_path, which any task has
+    loose.write_bytes(checkpoint.read_bytes())
+    with pytest.raises(LmlabError, match=rf"not inside an lmlab run folder .*; .* give ckpt_path={loose} instead"):
+        resume_run(compose_train(run_dir.parents[1] / "six", [*overrides, f"resume={loose}"]), [])
     missing = compose_train(run_dir.parents[1] / "five", [*overrides, f"resume={run_dir}/nothing"])
     with pytest.raises(LmlabError, match=r"does not exist; give a run folder, a .ckpt file, or resume=auto"):
         resume_run(missing, [])

@@ -146,13 +146,21 @@ def resumed_config(cfg: DictConfig, saved: dict[str, Any], run_dir: Path, overri
         if key.split(".")[0] in PROTECTED and new != old:
             raise LmlabError(
                 f"resume: {override} changes {key} of the run in {run_dir}, and its checkpoint depends on it; drop "
-                "the override, or start a new run (task.init_from=<checkpoint> to begin from its weights)"
+                f"the override, or {new_run_instead(merged)}"
             )
         OmegaConf.update(merged, key, new, force_add=True)
     with open_dict(merged):
         merged.resume = cfg.resume
         merged.initial_validation = False  # the run's first part already logged it
     return merged
+
+
+def new_run_instead(saved: DictConfig) -> str:
+    """The advice for a refused change: a new run, from the checkpoint's weights where the task can (`init_from`,
+    which only the classification task has)."""
+    if "init_from" in (saved.get("task") or {}):
+        return "start a new run from its weights (leave out resume, add task.init_from=<checkpoint>)"
+    return "start a new run (leave out resume)"
 
 
 def quiet_resume_warnings() -> None:
