@@ -20,6 +20,7 @@ from lmlab.checkpoints.writing import AtomicCheckpointIO, trainer_plugins
 from lmlab.cli.train import build_trainer, train
 from lmlab.errors import LmlabError
 from tests.conftest import TINY_MODEL, TINY_OVERRIDES, TINY_TEXT, compose_train
+from tests.test_resume import base_overrides, metric_rows
 
 SLURM_ENV = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "lmlab", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
              "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}  # fmt: skip
@@ -77,6 +78,37 @@ def test_sigusr1_under_slurm_saves_a_checkpoint_that_resume_finds(tmp_path, tiny
     hpc = run_dir / "hpc_ckpt_1.ckpt"
     assert read_checkpoint(hpc)["global_step"] == 2
     assert hpc in checkpoints_of(run_dir)
+
+
+class SignalInValidation(pl.Callback):
+    """Sends this process SIGTERM after the first batch of the validation at step `step` (of 2 batches here)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if not trainer.sanity_checking and trainer.global_step == self.step and trainer.state.fn == "fit":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_during_validation_stops_after_it_and_the_resumed_run_is_exact(tmp_path, tiny_corpus) -> None:
+    """Stopped mid-validation, the old checkpoint counted that validation as done: the resumed run never logged it
+    and never saved its best checkpoint. The stop now waits for the validation's end."""
+    overrides = [*base_overrides(tiny_corpus), "trainer.max_steps=7"]
+    straight = train(compose_train(tmp_path / "straight", overrides))
+    stop = ["+callbacks.stop._target_=tests.test_interruptions.SignalInValidation", "+callbacks.stop.step=5"]
+    stopped = compose_train(tmp_path / "stopped", [*overrides, *stop])
+    run_dir = Path(stopped.paths.output_dir)
+    with pytest.raises(SystemExit) as exit_info:
+        train(stopped)
+    assert exit_info.value.code == 143
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 5
+    assert any(row.get("val/loss") for row in metric_rows(run_dir))  # logged before the stop
+    resumed = train(compose_train(tmp_path / "again", [*overrides, f"resume={run_dir}"]))
+    assert resumed == straight
+    assert metric_rows(run_dir) == metric_rows(tmp_path / "straight" / "run")  # the step-5 validation, once
+    best = sorted(p.name for p in checkpoints_of(tmp_path / "straight" / "run"))
+    assert sorted(p.name for p in checkpoints_of(run_dir)) == best and "best-step000005.ckpt" in best
 
 
 def cli_command(corpus: Path, run_dir: Path, steps: int) -> list[str]:

@@ -260,3 +260,42 @@ def test_brackets_in_settings_print_as_text(sweep: Path, capsys, monkeypatch) ->
     main(["report", str(sweep), "plots=false"])
     assert "[bold,x]" in capsys.readouterr().out  # not taken for Rich markup
     assert "| +tags |" not in (sweep / "report.md").read_text() and "| tags |" in (sweep / "report.md").read_text()
+
+
+def test_resumed_attempts_are_not_runs_of_their_own(real_run: Path, tmp_path: Path) -> None:
+    """Three interruptions, each restarted with `resume=auto`: Hydra makes a folder per invocation, but the run
+    lives in the first one (its resumes.log names the later ones). Copied elsewhere, the tree reports the same."""
+    from lmlab.config.resume import note_resume
+
+    day = tmp_path / "outputs" / "train" / "day"
+    run = make_job(day, 0, real_run, ["optimizer.lr=1e-3"])
+    for num in (1, 2, 3):
+        attempt = day / str(num)
+        (attempt / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create(["optimizer.lr=1e-3", "resume=auto"]), attempt / ".hydra/overrides.yaml")
+        (attempt / "train.log").write_text("resume: ...\n")
+        note_resume(run, attempt, run / "checkpoints" / "last.ckpt", complete=num == 3)  # 3: found it complete
+    (day / "9" / ".hydra").mkdir(parents=True)  # a run that failed before writing its config: still a run
+    OmegaConf.save(OmegaConf.create(["optimizer.lr=1e-2"]), day / "9/.hydra/overrides.yaml")
+    shutil.copytree(tmp_path / "outputs", tmp_path / "copy")
+    for root, prefix in ((tmp_path / "outputs", "train/day"), (tmp_path / "copy" / "train", "day")):
+        report = build_report(root)
+        assert [(row["run"], row["status"]) for row in report.rows()] == [
+            (f"{prefix}/0", "ok"),
+            (f"{prefix}/9", "failed"),
+        ]
+        assert report.swept == ["optimizer.lr"] and report.title().startswith("2 runs")
+
+
+def test_swept_fractions_print_with_four_significant_digits(sweep: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    lr = "0.0015291934777093281"  # as Optuna samples it
+    overrides = sweep / "0/.hydra/overrides.yaml"
+    OmegaConf.save(OmegaConf.create([f"optimizer.lr={lr}", "trainer.max_steps=4"]), overrides)
+    monkeypatch.setattr(sys, "argv", ["lmlab"])
+    main(["report", str(sweep), "plots=false"])
+    out = capsys.readouterr().out
+    assert "0.001529 " in out and lr not in out
+    assert "| 0.001529 |" in (sweep / "report.md").read_text()
+    with (sweep / "report.csv").open(newline="") as file:
+        assert lr in [row["optimizer.lr"] for row in csv.DictReader(file)]  # the CSV keeps every digit
+    assert "| 1e-2 |" in (sweep / "report.md").read_text()  # values already short stay as written

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import logging
 import os
 import signal
 from pathlib import Path
@@ -10,11 +12,13 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 
 from lmlab.checkpoints.find import checkpoints_of
 from lmlab.checkpoints.load import load_checkpoint, read_checkpoint
 from lmlab.cli.train import train
-from lmlab.config.resume import resume_run
+from lmlab.config.groups import config_dir
+from lmlab.config.resume import finished, new_run_instead, resume_run
 from lmlab.data.sharding import GlobalBatchSampler
 from lmlab.errors import LmlabError
 from tests.conftest import TINY_TEXT, compose_train
@@ -124,8 +128,11 @@ def test_resume_refuses_a_change_the_checkpoint_depends_on(finished_run: tuple[P
     run_dir, overrides = finished_run
     here = run_dir.parents[1] / "changed"
     changed = compose_train(here, [*overrides, "model.n_embd=32", f"resume={run_dir}"])
-    with pytest.raises(LmlabError, match=r"model.n_embd=32 changes model.n_embd"):
+    with pytest.raises(LmlabError, match=r"model.n_embd=32 changes model.n_embd") as error:
         resume_run(changed, ["model.n_embd=32", f"resume={run_dir}"])
+    assert str(error.value).endswith("or start a new run (leave out resume)")  # causal_lm has no task.init_from
+    classification = OmegaConf.create({"task": OmegaConf.load(config_dir() / "task" / "classification.yaml")})
+    assert "add task.init_from=<checkpoint>" in new_run_instead(classification)  # test_finetune runs that advice
     with pytest.raises(LmlabError, match=r"hardware=ddp_cpu replaces or removes a part of the saved config"):
         resume_run(compose_train(here, [*overrides, f"resume={run_dir}"]), ["hardware=ddp_cpu"])
     (run_dir / ".hydra").mkdir(exist_ok=True)  # Hydra's record of the first invocation's group choices
@@ -145,6 +152,27 @@ def test_resume_auto_finds_the_run_of_the_same_config(finished_run: tuple[Path, 
     other = compose_train(run_dir.parents[1] / "three", [*overrides, "seed=7", "resume=auto"])
     cfg, checkpoint = resume_run(other, [])  # no run of this config yet: a new run
     assert checkpoint is None and cfg.paths.output_dir == other.paths.output_dir
+
+
+def test_resuming_a_finished_run_changes_nothing(
+    finished_run: tuple[Path, list[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The docs' restart command (`resume=auto`), repeated after the run ended: one line, the same metrics, and no
+    file of the run rewritten (no second final validation row, no summary without train/loss and throughput)."""
+    run_dir, overrides = finished_run
+    journal = run_dir / "resumes.log"  # one line per invocation, so `lmlab report` knows its folder is not a run
+    files = lambda: {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p != journal}  # noqa: E731
+    before, lines = files(), journal.read_text().splitlines() if journal.is_file() else []
+    summary = json.loads((run_dir / "summary.json").read_text())
+    with caplog.at_level(logging.INFO, logger="lmlab"):
+        metrics = train(compose_train(run_dir.parents[1] / "again", [*overrides, "resume=auto"]))
+    assert metrics == summary["metrics"]
+    assert files() == before
+    assert f"the run in {run_dir} is complete" in caplog.text
+    assert journal.read_text().splitlines()[:-1] == lines and "complete" in journal.read_text().splitlines()[-1]
+    longer = compose_train(run_dir.parents[1] / "longer", [*overrides, "trainer.max_steps=3", f"resume={run_dir}"])
+    cfg, checkpoint = resume_run(longer, ["trainer.max_steps=3"])
+    assert checkpoint and finished(cfg) is None  # a raised budget trains on
 
 
 @pytest.mark.parametrize(
@@ -265,6 +293,10 @@ def test_resume_from_a_checkpoint_file_continues_its_run(finished_run: tuple[Pat
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     cfg, chosen = resume_run(compose_train(run_dir.parents[1] / "four", [*overrides, f"resume={checkpoint}"]), [])
     assert cfg.paths.output_dir == str(run_dir) and Path(chosen) == checkpoint
+    loose = run_dir.parents[1] / "loose.ckpt"  # a checkpoint outside its run folder: ckpt_path, which any task has
+    loose.write_bytes(checkpoint.read_bytes())
+    with pytest.raises(LmlabError, match=rf"not inside an lmlab run folder .*; .* give ckpt_path={loose} instead"):
+        resume_run(compose_train(run_dir.parents[1] / "six", [*overrides, f"resume={loose}"]), [])
     missing = compose_train(run_dir.parents[1] / "five", [*overrides, f"resume={run_dir}/nothing"])
     with pytest.raises(LmlabError, match=r"does not exist; give a run folder, a .ckpt file, or resume=auto"):
         resume_run(missing, [])

@@ -78,9 +78,12 @@ class Exploit:
 def test_a_pickled_object_in_a_checkpoint_is_refused_not_run(tmp_path: Path, capsys) -> None:
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "lmlab": {}, "payload": Exploit()}, path)
-    with pytest.raises(LmlabError, match="cannot read checkpoint"):
+    with pytest.raises(LmlabError, match="cannot read checkpoint") as error:
         read_checkpoint(path)
     assert "pwned" not in capsys.readouterr().out
+    message = str(error.value)  # why (unsafe, not damaged) and what to do, in one line
+    assert "refused as unsafe" in message and "(print)" in message and "only load checkpoints you trust" in message
+    assert "corrupt" not in message and "\n" not in message
 
 
 FAKE = {"WANDB_API_KEY": "fakewandbkey0123456789abcdef0123456789abcd", "HF_TOKEN": "hf_FakeTokenForLmlabTests0123",

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 import lmlab
 from lmlab.callbacks import GeneratedSamples
-from lmlab.cli.run_identity import name_tracking_runs, sweep_group
+from lmlab.cli.run_identity import folder_name, name_tracking_runs, sweep_group
 from lmlab.runs import loggers as run_loggers
 from lmlab.runs.provenance import git_state, write_provenance
 from tests.conftest import TINY_MODEL, TINY_OVERRIDES, compose_train
@@ -144,6 +144,44 @@ def test_explicit_name_and_group_are_kept(tmp_path: Path) -> None:
     assert (cfg.logger.wandb.name, cfg.logger.wandb.group) == ("mine", "g")
 
 
+def test_tensorboard_names_a_run_by_its_overrides_and_charts_only_its_metrics(
+    tmp_path: Path, tiny_corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opened on a sweep, TensorBoard listed `0/tensorboard`, `1/tensorboard`, ... and led with an `epoch` chart (0
+    throughout) and Lightning's `hp_metric` placeholder. Runs are now named as W&B names them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lmlab.cli import run_identity
+    from lmlab.cli.train import train
+
+    overrides = f"data.corpus.paths=[{tiny_corpus}],optimizer.lr=0.001"  # Hydra's override_dirname of the job
+    monkeypatch.setattr(run_identity, "hydra_run_identity", lambda: (overrides, "multirun/sweep"))
+    cfg = compose_train(tmp_path, ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]", "logger=tensorboard"])
+    train(cfg)
+    runs = [p.parent for p in (Path(cfg.paths.output_dir) / "tensorboard").rglob("events.out.tfevents.*")]
+    assert {run.name for run in runs} == {overrides.replace("/", "_")}  # one folder: `/` would nest folders
+    events = EventAccumulator(str(runs[0]))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert "train/loss" in scalars and "val/loss" in scalars
+    assert "epoch" not in scalars and "hp_metric" not in scalars
+    assert tensorboard_hparams(runs[0])["optimizer/lr"] == cfg.optimizer.lr  # the HParams tab keeps the settings
+
+
+def test_an_explicit_tensorboard_version_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmlab.cli import run_identity
+
+    monkeypatch.setattr(run_identity, "hydra_run_identity", lambda: ("model=lstm", None))
+    for version, expected in (("mine", "mine"), (None, "model=lstm")):
+        cfg = compose_train(tmp_path, ["logger=tensorboard"])
+        cfg.logger.tensorboard.version = version
+        name_tracking_runs(cfg)
+        assert cfg.logger.tensorboard.version == expected
+    monkeypatch.setattr(run_identity, "hydra_run_identity", lambda: (None, None))
+    name_tracking_runs(cfg := compose_train(tmp_path, ["logger=tensorboard"]))  # outside Hydra: no sub-folder
+    assert cfg.logger.tensorboard.version == ""
+
+
 # --- generated samples --------------------------------------------------------------------------------------------
 
 
@@ -258,7 +296,7 @@ def test_two_job_sweep_gives_two_wandb_runs_in_one_group_and_every_logger(tmp_pa
     for job, run in zip(jobs, runs, strict=True):
         assert run["config"]["provenance"]["git"]["commit"] == head.strip()
         assert list((job / "wandb").glob("offline-run-*/files/media/table/val/samples_*.table.json"))
-        assert list((job / "tensorboard").glob("events.out.tfevents.*"))
+        assert list((job / "tensorboard" / folder_name(run["name"])).glob("events.out.tfevents.*"))  # as W&B names it
         assert (
             yaml.safe_load((job / "csv" / "hparams.yaml").read_text())["optimizer"]["lr"]
             == run["config"]["optimizer"]["lr"]

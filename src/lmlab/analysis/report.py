@@ -24,6 +24,8 @@ MAXIMIZED = {"acc", "accuracy", "f1", "precision", "recall", "auc", "mcc", "mfu"
 """Parts of a metric name (split at `/` and `_`) that mean higher is better; anything else is minimized."""
 SKIPPED_DIRS = {"checkpoints", "csv", "wandb", "tensorboard", "__pycache__"}
 """Folders inside a run that never hold another run (searching them would be slow on big sweeps)."""
+RESUMED_FROM = re.compile(r"\(this invocation's Hydra folder: (.+)\)$")
+"""A line of a run's `resumes.log` (lmlab.config.resume.note_resume) naming the resuming invocation's folder."""
 
 
 @dataclass
@@ -97,7 +99,7 @@ class Report:
 
     def label(self, run: Run) -> str:
         """A run's name in plots: its swept settings, else its folder."""
-        return ", ".join(f"{k}={run.value_of(k)}" for k in self.swept) or run.name
+        return ", ".join(f"{k}={short_number(run.value_of(k))}" for k in self.swept) or run.name
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per run (raw values, None where unknown), in rank order."""
@@ -125,13 +127,16 @@ class Report:
 
 
 def find_runs(root: Path) -> list[Path]:
-    """Run folders at or below `root`: those holding `config.yaml`, `summary.json` or `.hydra/overrides.yaml`."""
+    """Run folders at or below `root`: those holding `config.yaml`, `summary.json` or `.hydra/overrides.yaml`, except
+    the folders of invocations that resumed one of them."""
     root = Path(root)
     if not root.exists():
         raise LmlabError(f"{root} does not exist; give a run folder (outputs/...) or a sweep folder (multirun/...)")
     if not root.is_dir():
         raise LmlabError(f"{root} is not a folder; give a run folder (outputs/...) or a sweep folder (multirun/...)")
-    return sorted(_walk(root), key=lambda p: natural_key(str(p.relative_to(root))))
+    runs = list(_walk(root))
+    attempts = resumed_attempts(runs, root)
+    return sorted((r for r in runs if r not in attempts), key=lambda p: natural_key(str(p.relative_to(root))))
 
 
 def _walk(folder: Path) -> Iterator[Path]:
@@ -149,6 +154,28 @@ def _walk(folder: Path) -> Iterator[Path]:
 
 def is_run(folder: Path) -> bool:
     return any((folder / name).is_file() for name in ("config.yaml", "summary.json", ".hydra/overrides.yaml"))
+
+
+def resumed_attempts(runs: Sequence[Path], root: Path) -> set[Path]:
+    """The Hydra folders among `runs` of later invocations that resumed a run (`lmlab train resume=...`): they hold
+    only that invocation's `.hydra/` and log, while the run itself lives, and counts, in its first folder, whose
+    `resumes.log` names them. A folder also matches by its path below the report's parent (a copied or moved tree)."""
+    named: set[tuple[str, ...]] = set()
+    for run in runs:
+        try:
+            lines = (run / "resumes.log").read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        named |= {Path(m[1]).parts for line in lines if (m := RESUMED_FROM.search(line))}
+    attempts = set()
+    for folder in runs:
+        if (folder / "config.yaml").is_file() or (folder / "summary.json").is_file():
+            continue  # a run of its own (e.g. resume=auto that found nothing to resume)
+        full = folder.resolve().parts
+        tail = folder.resolve().relative_to(root.resolve().parent).parts
+        if any(parts == full or parts[-len(tail) :] == tail for parts in named):
+            attempts.add(folder)
+    return attempts
 
 
 def natural_key(text: str) -> list[Any]:
@@ -292,11 +319,12 @@ def build_report(
 
 
 def format_cell(name: str, value: Any) -> str:
-    """A table cell for people: metrics with 4 decimals, times in seconds, thousands separated."""
+    """A table cell for people: metrics with 4 decimals, swept numbers with 4 significant digits, times in seconds,
+    thousands separated."""
     if value is None:
         return "-"
     if isinstance(value, str):
-        return value
+        return value if name in ("run", "status") else short_number(value)
     if name == "parameters":
         return f"{value / 1e6:.2f} M" if value >= 1e5 else f"{value:,}"
     if name == "tokens/s":
@@ -306,6 +334,16 @@ def format_cell(name: str, value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
+
+
+def short_number(text: str) -> str:
+    """A setting's value as written, unless it is a fraction with more than 4 significant digits (a sampled
+    `optimizer.lr=0.0015291934777093281` -> `0.001529`); whole numbers stay exact, and the CSV keeps every digit."""
+    number = _number(text)
+    if number is None or not math.isfinite(number) or number.is_integer():
+        return text
+    short = f"{number:.4g}"
+    return short if float(short) != number else text
 
 
 def markdown(report: Report, images: Sequence[Path] = ()) -> str:

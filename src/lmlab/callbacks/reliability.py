@@ -21,6 +21,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lmlab.errors import LmlabError
@@ -78,15 +79,21 @@ class RNGState(pl.Callback):
 
 
 class GracefulInterrupt(pl.Callback):
-    """SIGINT/SIGTERM: finish the current step, save `checkpoints/last.ckpt`, stop (a second Ctrl+C stops at once).
+    """SIGINT/SIGTERM: finish the current step (and its validation), save `checkpoints/last.ckpt`, stop (a second
+    Ctrl+C stops at once).
 
     SIGTERM goes through Lightning's own handler (which also stops DDP workers); SIGINT is routed to the same flag.
+    Lightning would stop inside a validation, and the checkpoint it leaves counts that validation as done, so the
+    resumed run would never log it nor save its best checkpoint: the stop waits for the validation's end instead
+    (redoing it on resume could not be exact, as its partial sums are not in the checkpoint).
     After the stop, `signal_name` and `saved` tell the command what happened.
     """
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
         self.saved: Path | None = None
+        self._held = False  # a stop that arrived during validation, raised when the validation ends
+        self._validated_step = -1  # the step of the last validation during fit
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         def on_sigint(signum: int, frame: Any) -> None:
@@ -97,6 +104,18 @@ class GracefulInterrupt(pl.Callback):
 
         signal.signal(signal.SIGINT, on_sigint)  # Lightning's teardown puts the previous handler back
 
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.received_sigterm and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            trainer._signal_connector.received_sigterm = False  # Lightning checks it after this hook
+            self._held = True
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._validated_step = trainer.global_step
+        if self._held:  # the training loop stops after this step, as for a signal during the step
+            self._held = False
+            trainer._signal_connector.received_sigterm = True
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
             return
@@ -104,7 +123,15 @@ class GracefulInterrupt(pl.Callback):
         self.saved = checkpoint_folder(trainer) / "last.ckpt"
         if isinstance(trainer.checkpoint_callback, ModelCheckpoint):  # its `last.ckpt` now; a resume overwrites it
             trainer.checkpoint_callback.last_model_path = str(self.saved)
-        trainer.save_checkpoint(self.saved)
+        # Resuming at a step that validated, Lightning counts the step once more for the loggers (it expects such a
+        # checkpoint from the validation's end, before the count): save that count, so rows keep their steps.
+        loop = trainer.fit_loop.epoch_loop
+        recount = int(self._validated_step == trainer.global_step)
+        loop._batches_that_stepped -= recount
+        try:
+            trainer.save_checkpoint(self.saved)
+        finally:
+            loop._batches_that_stepped += recount
         log.warning("%s: saved %s at step %d", self.signal_name, self.saved, trainer.global_step)
 
 

@@ -22,7 +22,7 @@ def locate(path: Path) -> tuple[Path, Path]:
         if not (run_dir / RUN_CONFIG).is_file():
             raise LmlabError(
                 f"resume={path}: the checkpoint is not inside an lmlab run folder (no {RUN_CONFIG} beside it); "
-                "to start a new run from its weights use task.init_from=<checkpoint>"
+                f"to continue training from it in a new run, give ckpt_path={path} instead of resume"
             )
         return run_dir, path
     raise LmlabError(f"resume={path} does not exist; give a run folder, a .ckpt file, or resume=auto")

@@ -7,6 +7,7 @@ A checkpoint describes itself: `hyper_parameters["model"]` is the model config w
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,9 @@ from lmlab.errors import LmlabError
 from lmlab.models import ModelConfig, build_model, model_config_from_dict
 from lmlab.models.lora import merged_backbone_state
 from lmlab.tokenizers import Tokenizer, tokenizer_from_dict
+
+UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+"""How `torch.load(weights_only=True)` names an object it refuses to unpickle (a class or function, e.g. `print`)."""
 
 
 @dataclass
@@ -63,6 +67,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             warnings.simplefilter("ignore", UserWarning)
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # bytes that are not a checkpoint fail in many ways (IndexError, KeyError, zip, pickle…)
+        if unsafe := UNSAFE_GLOBAL.search(str(err)):
+            raise LmlabError(
+                f"cannot read checkpoint {path}: refused as unsafe, it holds a pickled object ({unsafe[1]}) that "
+                "loading could run as code; only load checkpoints you trust: to use this one, load it yourself with "
+                "torch.load(weights_only=False) and save back only its tensors and plain values"
+            ) from err
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LmlabError(f"cannot read checkpoint {path} ({first[:120]}); it may be truncated or corrupt") from err
     if not isinstance(checkpoint, dict) or "lmlab" not in checkpoint or "state_dict" not in checkpoint:

@@ -7,7 +7,9 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 WANDB_TARGET = "lmlab.runs.loggers.wandb_logger"
+TENSORBOARD_TARGET = "lmlab.runs.loggers.TensorBoardLogger"
 MAX_GROUP_CHARS = 128  # W&B's limit on a group name
+MAX_FOLDER_CHARS = 128  # a readable run name, well under file systems' 255 bytes
 
 
 def hydra_run_identity() -> tuple[str | None, str | None]:
@@ -35,10 +37,20 @@ def sweep_group(sweep_dir: str, cwd: str) -> str:
 
 
 def name_tracking_runs(cfg: DictConfig) -> None:
-    """Fill `name` and `group` of the W&B logger where the config leaves them null."""
+    """Fill `name` and `group` of the W&B logger, and the `version` (sub-folder) of the TensorBoard logger, where the
+    config leaves them null: TensorBoard names a run by its folder, so a sweep there reads as W&B's does."""
     name, group = hydra_run_identity()
     for node in (cfg.get("logger") or {}).values():
-        if isinstance(node, DictConfig) and node.get("_target_") == WANDB_TARGET:
-            with open_dict(node):
+        if not isinstance(node, DictConfig):
+            continue
+        with open_dict(node):
+            if node.get("_target_") == WANDB_TARGET:
                 node.name = node.get("name") or name
                 node.group = node.get("group") or group
+            elif node.get("_target_") == TENSORBOARD_TARGET and node.get("version") is None:
+                node.version = folder_name(name)
+
+
+def folder_name(name: str | None) -> str:
+    """A run name as one folder name: `/` (e.g. in a path override) would nest folders; at most 128 characters."""
+    return (name or "").replace("/", "_").replace("\\", "_")[:MAX_FOLDER_CHARS]

@@ -120,7 +120,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from lmlab.callbacks.reliability import exit_on_interrupt
     from lmlab.cli.run_identity import name_tracking_runs
     from lmlab.compute.preflight import preflight
-    from lmlab.config.resume import resume_run
+    from lmlab.config.resume import finished, resume_run
     from lmlab.generation import sample_continuation
     from lmlab.runs.provenance import write_provenance
     from lmlab.runs.quiet import quiet_third_party
@@ -131,6 +131,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     quiet_third_party()  # other libraries' start-up tips and deprecations, by their exact messages
     use_starting_point(cfg)
     cfg, resume_from = resume_run(cfg, command_line_overrides())  # `resume=...`: the earlier run's folder and config
+    if resume_from and (done := finished(cfg)) is not None:
+        return done  # a complete run, resumed again: nothing to train, and its summary and logs stay as they are
     run_dir = Path(cfg.paths.output_dir)
     name_tracking_runs(cfg)  # W&B run name = the overrides, group = the sweep (a resumed run keeps its own)
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]

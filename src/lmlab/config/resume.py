@@ -33,7 +33,11 @@ _ABSENT = object()
 
 
 def resume_run(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, str | None]:
-    """The config to train with and the checkpoint to continue from (`None`: a fresh run, `cfg` unchanged)."""
+    """The config to train with and the checkpoint to continue from (`None`: a fresh run, `cfg` unchanged).
+
+    A run that already reached its budget (`finished`) is left as it is, but for a line in `resumes.log`; the train
+    command then does nothing.
+    """
     choice = cfg.get("resume")
     if not choice:
         return cfg, None
@@ -49,13 +53,28 @@ def resume_run(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, str |
     else:
         run_dir, checkpoint = locate(Path(str(choice)).expanduser())
     resumed = resumed_config(cfg, read_run_config(run_dir), run_dir, overrides)
-    quiet_resume_warnings()
+    complete = finished(resumed) is not None  # e.g. the docs' one restart command, repeated after the end
     if rank_zero_only.rank == 0:  # a DDP worker re-executes this command; the folder is tidied once
-        note_resume(run_dir, fresh_dir, checkpoint)
-        for metrics in run_dir.glob("*/metrics.csv"):  # rows after the checkpoint are logged again
+        note_resume(run_dir, fresh_dir, checkpoint, complete)
+        for metrics in () if complete else run_dir.glob("*/metrics.csv"):  # rows after the checkpoint come again
             trim_metrics(metrics, checkpoint_step(checkpoint))
-    log.info("resuming %s from %s", run_dir, checkpoint)
+    if complete:
+        log.info(
+            "resume: the run in %s is complete (its summary.json shows the training budget reached); nothing to do. "
+            "To train further, raise trainer.max_steps", run_dir,
+        )  # fmt: skip
+    else:
+        quiet_resume_warnings()
+        log.info("resuming %s from %s", run_dir, checkpoint)
     return resumed, str(checkpoint)
+
+
+def finished(cfg: DictConfig) -> dict[str, float] | None:
+    """The final metrics of the resumed run `cfg` when it has already reached its budget (None: train on)."""
+    from lmlab.runs.summary import finished_metrics
+
+    trainer = cfg.trainer
+    return finished_metrics(Path(cfg.paths.output_dir), trainer.max_steps, trainer.get("max_epochs"))
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
@@ -127,13 +146,21 @@ def resumed_config(cfg: DictConfig, saved: dict[str, Any], run_dir: Path, overri
         if key.split(".")[0] in PROTECTED and new != old:
             raise LmlabError(
                 f"resume: {override} changes {key} of the run in {run_dir}, and its checkpoint depends on it; drop "
-                "the override, or start a new run (task.init_from=<checkpoint> to begin from its weights)"
+                f"the override, or {new_run_instead(merged)}"
             )
         OmegaConf.update(merged, key, new, force_add=True)
     with open_dict(merged):
         merged.resume = cfg.resume
         merged.initial_validation = False  # the run's first part already logged it
     return merged
+
+
+def new_run_instead(saved: DictConfig) -> str:
+    """The advice for a refused change: a new run, from the checkpoint's weights where the task can (`init_from`,
+    which only the classification task has)."""
+    if "init_from" in (saved.get("task") or {}):
+        return "start a new run from its weights (leave out resume, add task.init_from=<checkpoint>)"
+    return "start a new run (leave out resume)"
 
 
 def quiet_resume_warnings() -> None:
@@ -156,11 +183,13 @@ def saved_choices(run_dir: Path) -> dict[str, Any]:
     return {str(k): "null" if v is None else str(v) for k, v in choices.items()}
 
 
-def note_resume(run_dir: Path, fresh_dir: Path, checkpoint: Path) -> None:
-    """Append to `<run dir>/resumes.log`, and drop temporary files an earlier kill left among the checkpoints."""
+def note_resume(run_dir: Path, fresh_dir: Path, checkpoint: Path, complete: bool = False) -> None:
+    """Append to `<run dir>/resumes.log` (so `lmlab report` knows this invocation's folder is not a run of its own),
+    and drop temporary files an earlier kill left among the checkpoints."""
     for stale in (run_dir / "checkpoints").glob(".*.tmp"):
         log.info("resume: removing %s, left by an interrupted checkpoint write", stale)
         stale.unlink(missing_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    what = f"found the run complete at {checkpoint}; nothing done" if complete else f"resumed from {checkpoint}"
     with open(run_dir / "resumes.log", "a", encoding="utf-8") as file:
-        file.write(f"{stamp} resumed from {checkpoint} (this invocation's Hydra folder: {fresh_dir})\n")
+        file.write(f"{stamp} {what} (this invocation's Hydra folder: {fresh_dir})\n")

@@ -179,18 +179,38 @@ def finish_wandb() -> None:
 
 
 class TensorBoardLogger(loggers.TensorBoardLogger):
-    """TensorBoard whose HParams tab shows every hyper-parameter logged so far, not only the last call's.
+    """TensorBoard whose HParams tab shows every hyper-parameter logged so far, not only the last call's, with the
+    run's own metrics and no placeholder, and whose charts leave out Lightning's `epoch` counter.
 
     The train command logs the resolved config and Lightning then logs the task's own hyper-parameters; the stock
-    logger would show only the latter in the HParams tab (`hparams.yaml` holds both either way).
+    logger would show only the latter in the HParams tab (`hparams.yaml` holds both either way). Without
+    `default_hp_metric` the stock logger writes no HParams record at all; this one writes the hyper-parameters alone,
+    and TensorBoard takes the metric columns from the run's scalars (`val/loss`, ...). `version=None` means no
+    sub-folder (the train command names it by the run's overrides: TensorBoard shows the folder as the run's name).
     """
+
+    def __init__(self, save_dir: str, *args: Any, version: int | str | None = None, **kwargs: Any) -> None:
+        super().__init__(save_dir, *args, version="" if version is None else version, **kwargs)
 
     @rank_zero_only
     def log_hyperparams(
         self, params: dict[str, Any] | Namespace, metrics: dict[str, Any] | None = None, step: int | None = None
     ) -> None:
-        params = vars(params) if isinstance(params, Namespace) else dict(params)
-        super().log_hyperparams({**self.hparams, **params}, metrics, step)
+        params = {**self.hparams, **(vars(params) if isinstance(params, Namespace) else dict(params))}
+        super().log_hyperparams(params, metrics, step)
+        if metrics is None and not self._default_hp_metric:  # the stock logger wrote none
+            from lightning_fabric.utilities.logger import _convert_params, _flatten_dict
+            from torch.utils.tensorboard.summary import hparams
+
+            _, session_start, session_end = hparams(self._sanitize_params(_flatten_dict(_convert_params(params))), {})
+            writer = self.experiment._get_file_writer()
+            writer.add_summary(session_start, step)
+            writer.add_summary(session_end, step)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        # Lightning adds `epoch` to every logger's metrics: a chart of it (0 throughout step-budgeted runs) led the list
+        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
 
 
 # --- CSV ---

@@ -88,9 +88,27 @@ def write_summary(
         "model": task.hparams["model"],
         "parameters": count_parameters(task.model),
         "steps": trainer.global_step,
+        "epochs": trainer.current_epoch,
         "train_tokens": tokens,
         "fit_seconds": fit_seconds,
         "tokens_per_s": tokens / fit_seconds if fit_seconds > 0 else None,
         "perf": perf or {},
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+
+
+def finished_metrics(run_dir: Path, max_steps: int, max_epochs: int | None = None) -> dict[str, float] | None:
+    """The final metrics of a run that already reached this budget (`max_steps`; when -1, `max_epochs`), else None.
+
+    Judged by `summary.json`, not by the newest checkpoint: the summary is written last, after the final validation,
+    test and sample, so a run killed after its last step but before those still counts as unfinished.
+    """
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or not isinstance(summary.get("metrics"), dict):
+        return None
+    done, budget = (summary.get("steps"), max_steps) if max_steps > 0 else (summary.get("epochs"), max_epochs)
+    reached = isinstance(done, int) and budget is not None and done >= budget
+    return dict(summary["metrics"]) if reached else None
