@@ -14,7 +14,8 @@ from lmlab.errors import LmlabError
 from lmlab.hf.tokenizer import save_hf_tokenizer
 from lmlab.models import GPT, GPTConfig, model_config_to_dict
 from lmlab.tokenizers import HFTokenizer, HFTokenizerConfig, tokenizer_from_dict
-from tests.test_generate_cli import command, one_line_error
+from tests.helpers.cli import one_line_error
+from tests.helpers.compose import command
 
 TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system turns') }}{% endif %}"

@@ -7,16 +7,13 @@ import math
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
 from lmlab.cli import eval as eval_cli
 from lmlab.cli import generate as generate_cli
 from lmlab.cli.train import train
-from lmlab.config.groups import config_dir
-from tests.conftest import TINY_TEXT, compose_train
-from tests.test_cli import run_cli
-from tests.test_configs import ENCODER
+from tests.helpers.cli import one_line_error, run_cli
+from tests.helpers.companions import ENCODER
+from tests.helpers.compose import TINY_TEXT, command, compose_train
 
 FAMILIES = ["gpt", "lstm", "ngram"]
 
@@ -34,22 +31,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict
         cfg.paths.cache_dir = str(root / "cache")
         found[family] = (Path(cfg.paths.output_dir), train(cfg))
     return found
-
-
-def command(name: str, overrides: list[str]) -> DictConfig:
-    """Compose `conf/<name>.yaml` as `lmlab <name>` would."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        return compose(name, overrides=overrides)
-
-
-def one_line_error(run, cfg: DictConfig, capsys) -> str:
-    """Run a command's Hydra task function; it must exit 1 with exactly one `error: ...` line."""
-    with pytest.raises(SystemExit) as exit_:
-        run(cfg)
-    assert exit_.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ")
-    return err
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -17,7 +17,7 @@ from lmlab.cli.train import train
 from lmlab.config.resume import resume_run
 from lmlab.data.sharding import GlobalBatchSampler
 from lmlab.errors import LmlabError
-from tests.conftest import TINY_TEXT, compose_train
+from tests.helpers.compose import TINY_TEXT, compose_train
 
 STEPS = 14  # 7 batches per epoch below: the stops at 4 and 9 fall inside epochs 0 and 1
 
