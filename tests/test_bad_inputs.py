@@ -29,8 +29,8 @@ from lmlab.cli.main import COMMAND_ENV, main
 from lmlab.models import BertConfig, GPTConfig, LSTMConfig, NGramConfig, build_model, model_config_to_dict
 from lmlab.tasks import ClassificationTask
 from lmlab.tokenizers import CharTokenizerConfig
-from tests.conftest import TINY_TEXT
-from tests.test_cli import run_cli
+from tests.helpers.cli import run_cli
+from tests.helpers.compose import TINY_TEXT
 
 
 @dataclass(frozen=True)

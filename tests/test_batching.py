@@ -14,8 +14,8 @@ from lmlab.cli.train import build_trainer
 from lmlab.compute.batching import accumulation_steps, describe_batch
 from lmlab.data.sharding import EvalShardSampler, GlobalBatchSampler
 from lmlab.errors import LmlabError
-from tests.conftest import TINY_MODEL, TINY_OVERRIDES, compose_train
-from tests.test_cli import run_cli
+from tests.helpers.cli import run_cli
+from tests.helpers.compose import TINY_MODEL, TINY_OVERRIDES, compose_train
 
 
 def test_accumulation_from_global_batch() -> None:
@@ -122,7 +122,7 @@ def reference_curve(tmp_path_factory) -> dict[str, list[float]]:
     """One process, micro-batch 4, accumulation 2."""
     tmp_path = tmp_path_factory.mktemp("reference")
     corpus = tmp_path / "corpus.txt"
-    from tests.conftest import TINY_TEXT
+    from tests.helpers.compose import TINY_TEXT
 
     corpus.write_text(TINY_TEXT)
     _, curves = train_curve(tmp_path, corpus, "single", "hardware=cpu", "data.batch_size=4")

@@ -14,7 +14,8 @@ from lmlab.errors import LmlabError
 from lmlab.hf.tokenizer import save_hf_tokenizer
 from lmlab.models import GPT, GPTConfig, model_config_to_dict
 from lmlab.tokenizers import HFTokenizer, HFTokenizerConfig, tokenizer_from_dict
-from tests.test_generate_cli import command, generate_command, one_line_error
+from tests.helpers.cli import one_line_error
+from tests.helpers.compose import command
 
 TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system turns') }}{% endif %}"
@@ -137,7 +138,7 @@ def test_generate_chat_refuses_a_tokenizer_without_template(tmp_path: Path, caps
     checkpoint = torch.load(ckpt, weights_only=True)
     checkpoint["lmlab"]["tokenizer"] = HFTokenizer(tiny_json()).to_dict()
     torch.save(checkpoint, ckpt)
-    err = one_line_error(generate_command, command("generate", [f"ckpt={ckpt}", "prompt=hi", "chat=true"]), capsys)
+    err = one_line_error(generate_cli.generate, command("generate", [f"ckpt={ckpt}", "prompt=hi", "chat=true"]), capsys)
     assert "chat=true needs a chat template, but this checkpoint's tokenizer (hf) has none" in err
 
 

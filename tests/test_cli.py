@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from lmlab.cli.main import COMMANDS, main
 from lmlab.config.groups import check_group_choices, group_options
 from lmlab.errors import LmlabError
-
-
-def run_cli(*args: str, cwd=None, env=None, timeout: int = 120) -> subprocess.CompletedProcess:
-    """Run `python -m lmlab ARGS`; `env` entries set to None are removed from the environment."""
-    full_env = {**os.environ, "WANDB_MODE": "offline", "LMLAB_COMMAND": None, **(env or {})}
-    full_env = {k: v for k, v in full_env.items() if v is not None}
-    return subprocess.run(
-        [sys.executable, "-m", "lmlab", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=full_env,
-        timeout=timeout,
-    )
+from tests.helpers.cli import run_cli
 
 
 def test_unknown_group_choice_lists_choices() -> None:

@@ -18,9 +18,8 @@ from lmlab.config.validate import check_run_config
 from lmlab.data import ClassificationDataModule, LMDataModule
 from lmlab.errors import LmlabError
 from lmlab.tasks import ModelTask
-from lmlab.tokenizers import BPETokenizerConfig
-from tests.classification_fixtures import classification_companions
-from tests.conftest import compose_train
+from tests.helpers.companions import companions
+from tests.helpers.compose import compose_train
 
 GROUPS = ["model", "tokenizer", "data", "task", "optimizer", "scheduler", "hardware", "logger", "callbacks",
           "experiment", "debug", "paths", "hydra"]  # fmt: skip
@@ -56,32 +55,6 @@ def expected_refusal(cfg) -> str | None:
     if "deepspeed" in str(cfg.trainer.get("strategy")).lower() and importlib.util.find_spec("deepspeed") is None:
         return "pip install deepspeed"
     return None
-
-
-ENCODER = ["model=bert", "task=masked_lm", "tokenizer.special_tokens=['<mask>']"]
-
-
-def companions(group: str, option: str, tmp_path: Path, corpus: Path) -> list[str]:
-    """Overrides an option needs to form a valid run: an encoder with its objective, a tokenizer file, ..."""
-    if (group, option) in {("model", "bert"), ("task", "masked_lm")}:
-        return ENCODER
-    labeled = classification_companions(group, option, tmp_path, corpus)  # labeled data, tiny HF BERT, ...
-    if labeled is not None:
-        return labeled
-    if (group, option) in {("model", "hf_causal"), ("experiment", "smollm2_shakespeare")}:
-        from tests.test_hf_causal import save_tiny_causal  # a tiny random Llama instead of SmolLM2
-
-        folder = save_tiny_causal(tmp_path / "tiny_causal", corpus.read_text())
-        return ["model=hf_causal", f"model.name_or_path={folder}", "tokenizer=hf", f"tokenizer.name_or_path={folder}"]
-    if (group, option) == ("data", "hf_dataset"):
-        from tests.test_hf_dataset import jsonl_folder
-
-        return [f"data.corpus.path={jsonl_folder(tmp_path / 'dataset', corpus.read_text().splitlines())}"]
-    if (group, option) == ("tokenizer", "hf"):
-        path = tmp_path / "tokenizer.json"
-        path.write_text(BPETokenizerConfig(vocab_size=300).train([corpus.read_text()]).tokenizer_json)
-        return [f"tokenizer.name_or_path={path}"]
-    return []
 
 
 OPTIONS = [(g, o) for g in GROUPS if g not in ("hydra", "paths") for o in group_options(g)]

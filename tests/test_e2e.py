@@ -14,8 +14,8 @@ import torch
 from omegaconf import OmegaConf
 
 from lmlab.cli.train import train
-from tests.conftest import TINY_MODEL, TINY_OVERRIDES, compose_train
-from tests.test_cli import run_cli
+from tests.helpers.cli import run_cli
+from tests.helpers.compose import TINY_MODEL, TINY_OVERRIDES, compose_train
 
 pytestmark = pytest.mark.slow
 

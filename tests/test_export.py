@@ -15,7 +15,7 @@ from lmlab.models import GPTConfig, LSTMConfig, build_model, model_config_to_dic
 from lmlab.models.bert import BertConfig
 from lmlab.models.ngram import NGramConfig
 from lmlab.tokenizers import BPETokenizerConfig, CharTokenizerConfig, Tokenizer
-from tests.conftest import TINY_TEXT, compose_train
+from tests.helpers.compose import TINY_TEXT, compose_train
 
 SAMPLES = [
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\n",
@@ -163,7 +163,7 @@ def test_a_failed_export_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_cli_export_writes_only_the_folder(tmp_path: Path) -> None:
-    from tests.test_cli import run_cli
+    from tests.helpers.cli import run_cli
 
     tokenizer = make_tokenizer("bpe")
     write_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", gpt(tokenizer), tokenizer)

@@ -18,8 +18,8 @@ from lmlab.models import HFEncoderConfig
 from lmlab.runs.loggers import finish_wandb
 from lmlab.tasks import ClassificationTask
 from lmlab.tasks.finetune import starting_point_configs
-from tests.classification_fixtures import fake_lm_checkpoint, labeled_csv, labeled_rows, requires, tiny_hf_bert
-from tests.conftest import TINY_TEXT, compose_train
+from tests.helpers.classification import fake_lm_checkpoint, labeled_csv, labeled_rows, requires, tiny_hf_bert
+from tests.helpers.compose import TINY_TEXT, compose_train
 
 PAD = "tokenizer.special_tokens=['<pad>']"
 
@@ -215,7 +215,7 @@ def test_eval_scores_a_labeled_file_and_the_test_split(gpt_classifier, tmp_path:
 
 @pytest.mark.slow
 def test_cli_predict_writes_only_its_output(gpt_classifier, tmp_path: Path) -> None:
-    from tests.test_cli import run_cli
+    from tests.helpers.cli import run_cli
 
     run_dir, _ = gpt_classifier
     (tmp_path / "in.txt").write_text("a good film\na bad film\n", encoding="utf-8")
@@ -234,7 +234,7 @@ def test_cli_predict_writes_only_its_output(gpt_classifier, tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_cli_train_refuses_a_model_override_with_init_from(tmp_path: Path) -> None:
-    from tests.test_cli import run_cli
+    from tests.helpers.cli import run_cli
 
     ckpt = fake_lm_checkpoint(tmp_path / "lm.ckpt", TINY_TEXT)
     data = ["task=classification", "data=text_classification", f"data.source.train={labeled_csv(tmp_path)}"]

@@ -7,22 +7,15 @@ import math
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
 from lmlab.cli import eval as eval_cli
 from lmlab.cli import generate as generate_cli
-from lmlab.cli.runner import reports_errors
 from lmlab.cli.train import train
-from lmlab.config.groups import config_dir
-from tests.conftest import TINY_TEXT, compose_train
-from tests.test_cli import run_cli
-from tests.test_configs import ENCODER
+from tests.helpers.cli import one_line_error, run_cli
+from tests.helpers.companions import ENCODER
+from tests.helpers.compose import TINY_TEXT, command, compose_train
 
 FAMILIES = ["gpt", "lstm", "ngram"]
-
-generate_command = reports_errors(generate_cli.generate)  # as `lmlab generate` runs it: user errors as one line
-eval_command = reports_errors(eval_cli.evaluate)
 
 
 @pytest.fixture(scope="module")
@@ -38,22 +31,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict
         cfg.paths.cache_dir = str(root / "cache")
         found[family] = (Path(cfg.paths.output_dir), train(cfg))
     return found
-
-
-def command(name: str, overrides: list[str]) -> DictConfig:
-    """Compose `conf/<name>.yaml` as `lmlab <name>` would."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        return compose(name, overrides=overrides)
-
-
-def one_line_error(run, cfg: DictConfig, capsys) -> str:
-    """Run a command's Hydra task function; it must exit 1 with exactly one `error: ...` line."""
-    with pytest.raises(SystemExit) as exit_:
-        run(cfg)
-    assert exit_.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ")
-    return err
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -143,7 +120,7 @@ def test_eval_of_a_masked_lm_reports_mlm_metrics(runs) -> None:
 
 def test_generate_refuses_a_masked_lm(runs, capsys) -> None:
     run_dir, _ = runs["bert"]
-    err = one_line_error(generate_command, command("generate", [f"ckpt={run_dir}"]), capsys)
+    err = one_line_error(generate_cli.generate, command("generate", [f"ckpt={run_dir}"]), capsys)
     assert "model=bert is a bidirectional encoder" in err and "causal model" in err
 
 
@@ -159,7 +136,7 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, capsys) -> None:
     }
     for name, command_function in (("generate", generate_cli.generate), ("eval", eval_cli.evaluate)):
         for path, message in cases.items():
-            assert message in one_line_error(reports_errors(command_function), command(name, [f"ckpt={path}"]), capsys)
+            assert message in one_line_error(command_function, command(name, [f"ckpt={path}"]), capsys)
 
 
 def test_bad_prompts_are_one_line_errors(runs, tmp_path, capsys) -> None:
@@ -178,7 +155,9 @@ def test_bad_prompts_are_one_line_errors(runs, tmp_path, capsys) -> None:
         "device=tpu": "device='tpu' is unknown",
     }
     for override, message in cases.items():
-        assert message in one_line_error(generate_command, command("generate", [f"ckpt={run_dir}", override]), capsys)
+        assert message in one_line_error(
+            generate_cli.generate, command("generate", [f"ckpt={run_dir}", override]), capsys
+        )
 
 
 def test_bad_eval_inputs_are_one_line_errors(runs, tmp_path, capsys) -> None:
@@ -192,7 +171,7 @@ def test_bad_eval_inputs_are_one_line_errors(runs, tmp_path, capsys) -> None:
         "split=test": "split='test' is unknown",
     }
     for override, message in cases.items():
-        assert message in one_line_error(eval_command, command("eval", [f"ckpt={run_dir}", override]), capsys)
+        assert message in one_line_error(eval_cli.evaluate, command("eval", [f"ckpt={run_dir}", override]), capsys)
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from lmlab.compute.parallel import FSDP2Strategy
 from lmlab.errors import LmlabError
 from lmlab.models import GPT, GPTConfig
 from lmlab.tasks.base import fused_option
-from tests.conftest import compose_train
+from tests.helpers.compose import compose_train
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="refusal of CUDA profiles needs a machine without CUDA")

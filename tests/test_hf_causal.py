@@ -16,25 +16,8 @@ from lmlab.cli.train import build_datamodule, build_task, train
 from lmlab.errors import LmlabError
 from lmlab.hf import export_checkpoint
 from lmlab.models import HFCausal, HFCausalConfig
-from lmlab.tokenizers import BPETokenizerConfig
-from tests.conftest import compose_train
-
-
-def save_tiny_causal(folder: Path, text: str) -> Path:
-    """A tiny random Llama with a byte-level BPE `tokenizer.json` (300 ids; the model embeds 320), as a hub folder."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    if (folder / "config.json").is_file():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tokenizer.json").write_text(BPETokenizerConfig(vocab_size=300).train([text]).tokenizer_json)
-    config = LlamaConfig(
-        vocab_size=320, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=64, tie_word_embeddings=True, bos_token_id=None, eos_token_id=0, pad_token_id=None,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    return folder
+from tests.helpers.compose import compose_train
+from tests.helpers.hf import save_tiny_causal
 
 
 @pytest.fixture

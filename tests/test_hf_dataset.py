@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -10,15 +9,7 @@ import pytest
 from lmlab.data import HFDatasetCorpus, build_token_cache, load_token_cache, split_text
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import CharTokenizerConfig
-
-ROWS = [f"row {i}: a short document {'with more words ' * (i % 3)}" for i in range(60)]
-
-
-def jsonl_folder(folder: Path, rows: list[str] = ROWS, column: str = "text") -> Path:
-    """A folder holding one JSON Lines data file, as `datasets.load_dataset(folder)` reads it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "train.jsonl").write_text("".join(json.dumps({column: r, "id": i}) + "\n" for i, r in enumerate(rows)))
-    return folder
+from tests.helpers.hf import ROWS, jsonl_folder
 
 
 def saved_dataset_dict(folder: Path) -> Path:

@@ -19,8 +19,8 @@ from lmlab.checkpoints.load import load_checkpoint, read_checkpoint
 from lmlab.checkpoints.writing import AtomicCheckpointIO, trainer_plugins
 from lmlab.cli.train import build_trainer, train
 from lmlab.errors import LmlabError
-from tests.conftest import TINY_MODEL, TINY_OVERRIDES, TINY_TEXT, compose_train
-from tests.test_resume import base_overrides, metric_rows
+from tests.helpers.compose import TINY_MODEL, TINY_OVERRIDES, TINY_TEXT, compose_train
+from tests.helpers.runs import base_overrides, metric_rows
 
 SLURM_ENV = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "lmlab", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
              "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}  # fmt: skip

@@ -13,7 +13,7 @@ from lmlab.data.labeled import label_order, split_order
 from lmlab.data.labeled_sources import MovieReviewsCorpus, clean_review, space_punctuation
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import BPETokenizerConfig, CharTokenizerConfig
-from tests.classification_fixtures import labeled_csv, labeled_rows, requires, write_csv, write_jsonl
+from tests.helpers.classification import labeled_csv, labeled_rows, requires, write_csv, write_jsonl
 
 
 def test_split_is_deterministic_and_disjoint() -> None:

@@ -18,7 +18,7 @@ from lmlab.compute.preflight import estimate_memory, levers, shard_divisors
 from lmlab.errors import LmlabError
 from lmlab.models import GPT, LSTM, GPTConfig, LSTMConfig
 from lmlab.models.flops import matmul_parameters
-from tests.conftest import compose_train
+from tests.helpers.compose import compose_train
 
 
 def test_gpt_flops_match_a_hand_count() -> None:

@@ -19,7 +19,7 @@ from lmlab.config.schemas import register_schemas
 from lmlab.errors import LmlabError
 from lmlab.inference.evaluate import evaluate_file
 from lmlab.models import FAMILIES, build_model, family_of, model_config_from_dict, register_family
-from tests.conftest import TINY_TEXT, compose_train
+from tests.helpers.compose import TINY_TEXT, compose_train
 
 
 @dataclass

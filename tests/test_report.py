@@ -21,7 +21,7 @@ from lmlab.analysis.report import build_report, find_runs, maximized, write_repo
 from lmlab.cli.main import main
 from lmlab.cli.report import folder_argument
 from lmlab.errors import LmlabError
-from tests.conftest import TINY_MODEL, TINY_OVERRIDES, TINY_TEXT, compose_train
+from tests.helpers.compose import TINY_MODEL, TINY_OVERRIDES, TINY_TEXT, compose_train
 
 LRS = ["1e-3", "3e-3", "1e-2", "3e-2"]
 FACTORS = [1.2, 0.8, 1.0]  # val metrics of jobs 0-2 scaled by these: the ranking is job 1, job 2, job 0
@@ -234,7 +234,7 @@ def test_report_does_not_import_torch(sweep: Path) -> None:
 
 @pytest.mark.slow
 def test_report_on_a_real_cli_sweep(tmp_path: Path) -> None:
-    from tests.test_cli import run_cli
+    from tests.helpers.cli import run_cli
 
     tiny = [o for o in TINY_OVERRIDES + TINY_MODEL["gpt"] if not o.startswith("logger=")]
     sweep = tmp_path / "sweep"

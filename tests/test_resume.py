@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -21,24 +20,8 @@ from lmlab.config.groups import config_dir
 from lmlab.config.resume import finished, new_run_instead, resume_run
 from lmlab.data.sharding import GlobalBatchSampler
 from lmlab.errors import LmlabError
-from tests.conftest import TINY_TEXT, compose_train
-
-STEPS = 14  # 7 batches per epoch below: the stops at 4 and 9 fall inside epochs 0 and 1
-
-
-def base_overrides(corpus: Path) -> list[str]:
-    """A tiny run that crosses two epoch ends, with dropout so the random state matters."""
-    return [
-        "data=text_files",
-        f"data.corpus.paths=[{corpus}]",
-        "data.batch_size=12",
-        "data.train_stride=64",
-        "model.dropout=0.1",
-        f"trainer.max_steps={STEPS}",
-        "trainer.val_check_interval=5",
-        "trainer.deterministic=true",
-        "scheduler.warmup_steps=3",
-    ]
+from tests.helpers.compose import TINY_TEXT, compose_train
+from tests.helpers.runs import base_overrides, metric_rows
 
 
 class SignalsAt(pl.Callback):
@@ -58,12 +41,6 @@ def stop_at(steps: list[int], signals: list[int]) -> list[str]:
         f"+callbacks.stop.steps={steps}",
         f"+callbacks.stop.signals={signals}",
     ]
-
-
-def metric_rows(run_dir: Path) -> list[dict[str, str]]:
-    """Every logged row, without the throughput columns (`perf/*`: timings, which no two runs share)."""
-    with open(run_dir / "csv" / "metrics.csv", encoding="utf-8") as file:
-        return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in csv.DictReader(file)]
 
 
 def test_sampler_starts_inside_an_epoch_and_depends_only_on_seed_and_epoch() -> None:

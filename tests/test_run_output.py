@@ -17,8 +17,8 @@ from lmlab.runs.quiet import DropMessages, quiet_third_party
 from lmlab.runs.summary import print_run_summary
 from lmlab.terminal import visible
 from lmlab.tokenizers import CharTokenizerConfig
-from tests.conftest import TINY_OVERRIDES, TINY_TEXT, tiny_model
-from tests.test_cli import run_cli
+from tests.helpers.cli import run_cli
+from tests.helpers.compose import TINY_OVERRIDES, TINY_TEXT, tiny_model
 
 LITLOGGER_TIP = (
     "💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger](https://pypi.org/project/"

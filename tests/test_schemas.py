@@ -13,7 +13,7 @@ from lmlab.config.groups import group_options
 from lmlab.config.schemas import schema_of, schemas
 from lmlab.config.validate import check_targets
 from lmlab.errors import LmlabError
-from tests.conftest import compose_train
+from tests.helpers.compose import compose_train
 
 
 @pytest.mark.parametrize("group", ["model", "tokenizer"])

@@ -11,8 +11,8 @@ import torch
 
 from lmlab.checkpoints.load import read_checkpoint
 from lmlab.errors import LmlabError
-from tests.conftest import TINY_TEXT
-from tests.test_cli import run_cli
+from tests.helpers.cli import run_cli
+from tests.helpers.compose import TINY_TEXT
 
 SOURCE = Path(__file__).resolve().parent.parent / "src" / "lmlab"
 
@@ -116,7 +116,7 @@ def test_a_config_holding_a_credential_is_refused(tmp_path: Path, tiny_corpus: P
     from omegaconf import OmegaConf
 
     from lmlab.config.validate import check_run_config
-    from tests.conftest import compose_train
+    from tests.helpers.compose import compose_train
 
     monkeypatch.setenv("HF_TOKEN", FAKE["HF_TOKEN"])
     data = ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]"]

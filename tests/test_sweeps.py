@@ -18,11 +18,11 @@ from lmlab.compute.launch import ranks_to_start, run_ranks
 from lmlab.config.groups import check_group_choices, config_dir, group_options, hydra_group_options
 from lmlab.config.sweeper import check_search_space, plan_resume
 from lmlab.errors import LmlabError
-from tests.conftest import TINY_OVERRIDES, compose_train, tiny_model
-from tests.test_cli import run_cli
+from tests.helpers.cli import run_cli
+from tests.helpers.compose import TINY_OVERRIDES, compose_train, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-PROBE = "+callbacks.rank_probe._target_=tests.rank_probe.RecordRank"  # each rank writes rank<N>.json (rank_probe.py)
+PROBE = "+callbacks.rank_probe._target_=tests.helpers.rank_probe.RecordRank"  # each rank writes rank<N>.json
 
 
 def compose_with_hydra(overrides: list[str]):
@@ -211,7 +211,7 @@ def test_slurm_preset_makes_an_sbatch_script(tmp_path, monkeypatch) -> None:
 
 def tiny_args(tmp_path: Path) -> list[str]:
     corpus = tmp_path / "corpus.txt"
-    from tests.conftest import TINY_TEXT
+    from tests.helpers.compose import TINY_TEXT
 
     corpus.write_text(TINY_TEXT, encoding="utf-8")
     return [

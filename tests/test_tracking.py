@@ -22,8 +22,8 @@ from lmlab.callbacks import GeneratedSamples
 from lmlab.cli.run_identity import folder_name, name_tracking_runs, sweep_group
 from lmlab.runs import loggers as run_loggers
 from lmlab.runs.provenance import git_state, write_provenance
-from tests.conftest import TINY_MODEL, TINY_OVERRIDES, compose_train
-from tests.test_cli import run_cli
+from tests.helpers.cli import run_cli
+from tests.helpers.compose import TINY_MODEL, TINY_OVERRIDES, compose_train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [o for o in TINY_OVERRIDES + TINY_MODEL["gpt"] if not o.startswith("logger=")]

@@ -32,7 +32,7 @@ def test_train_writes_run_directory(cfg_train, capsys) -> None:
 def test_last_checkpoint_holds_the_final_weights(tmp_path, tiny_corpus) -> None:
     """`last.ckpt` is the final step's weights even when the monitored metric stopped improving (here it never does
     after the first validation: mode=max on a falling loss) and when the budget ends between validations."""
-    from tests.conftest import compose_train
+    from tests.helpers.compose import compose_train
 
     cfg = compose_train(
         tmp_path,
@@ -63,7 +63,7 @@ def test_checkpoint_describes_itself(cfg_train) -> None:
 
 @pytest.mark.parametrize("hardware", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
 def test_loss_falls_on_real_budget(tmp_path, tiny_corpus, hardware: str) -> None:
-    from tests.conftest import compose_train
+    from tests.helpers.compose import compose_train
 
     cfg = compose_train(
         tmp_path,
@@ -96,8 +96,8 @@ TRAIN_CASES = (
 
 @pytest.mark.parametrize("overrides", TRAIN_CASES, ids=lambda o: ",".join(o))
 def test_every_model_and_tokenizer_trains_a_few_steps(tmp_path, tiny_corpus, overrides: list[str]) -> None:
-    from tests.conftest import compose_train
-    from tests.test_configs import companions
+    from tests.helpers.companions import companions
+    from tests.helpers.compose import compose_train
 
     choice = overrides[0].split("=", 1)
     extra = companions(*choice, tmp_path, tiny_corpus)

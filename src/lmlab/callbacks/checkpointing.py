@@ -8,7 +8,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 class BestAndLastCheckpoint(ModelCheckpoint):
     """Lightning's `ModelCheckpoint`, except that `save_last` keeps `last.ckpt` the latest weights: after every
-    validation and when training ends. Lightning 2.6 rewrites it only in a step that also saved a top-k checkpoint,
+    validation and when training ends. Lightning rewrites it only in a step that also saved a top-k checkpoint,
     so once the monitored metric stops improving, `last.ckpt` would silently keep the weights of the best step."""
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -1,7 +1,7 @@
 """Hydra's Optuna sweeper with two fixes for lmlab's presets: a search space naming a key the config lacks is refused
 before any trial runs, and a study stored in SQLite resumes to `n_trials` in total instead of running `n_trials` more.
 
-hydra-optuna-sweeper 1.3.0 (`_impl.py`) loads an existing study (`load_if_exists=True`) but then asks for `n_trials`
+Hydra's Optuna sweeper (`_impl.py`) loads an existing study (`load_if_exists=True`) but then asks for `n_trials`
 new trials, numbers their job folders from 0 again (overwriting the finished trials' run folders) and restarts a seeded
 sampler from its seed (so the first new trials repeat the first old ones). The sweeper class
 (`hydra_plugins/lmlab_optuna_sweeper.py`, where Hydra requires plugins to live) calls `prepare_sweep`, which reads the
@@ -51,7 +51,7 @@ def plan_resume(study: Any, n_trials: int) -> ResumePlan:
     for trial in interrupted:
         study.tell(trial.number, state=TrialState.FAIL)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)  # enqueue_trial is "experimental" in optuna 2
+            warnings.simplefilter("ignore", ExperimentalWarning)  # enqueue_trial is "experimental" in the pinned optuna
             study.enqueue_trial(trial.params)
     return ResumePlan(max(0, n_trials - finished), first_job, finished, [t.params for t in interrupted])
 

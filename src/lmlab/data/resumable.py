@@ -1,7 +1,7 @@
 """Resumable training order: the shuffle is a pure function of (seed, epoch), and a DataModule remembers how many
 batches of the current epoch were trained, so a run resumed mid-epoch draws exactly the batches it had not seen.
 
-Lightning 2.6 restores a DataLoader's position only if the loader itself is stateful; a map-style loader restarts its
+Lightning restores a DataLoader's position only if the loader itself is stateful; a map-style loader restarts its
 epoch. Here the position travels in the DataModule's own `state_dict` (which Lightning saves in every checkpoint and
 loads before it builds the dataloaders) and the sampler skips what was consumed.
 """

@@ -30,9 +30,8 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 FUSED_DEVICES = ("cuda", "cpu")
-"""Where `fused: null` picks torch's fused AdamW kernel: one launch per step on CUDA; on this 2-core CPU 4x faster
-than the default per-tensor loop (0.7 against 2.9 ms per step for the 0.8 M default GPT, 7-10 against 27 ms for a
-10.7 M one)."""
+"""Where `fused: null` picks torch's fused AdamW kernel: one launch per step on CUDA, and on the CPU far cheaper
+than the default per-tensor loop (timings: docs/benchmarks.md)."""
 
 
 def fused_option(optimizer_factory: OptimizerFactory, device: torch.device, loss_scaling: bool = False) -> dict:
@@ -141,9 +140,9 @@ class ModelTask(pl.LightningModule):
     def configure_model(self) -> None:
         """Trainer hook, once per process before each stage: FSDP2 sharding when the strategy set up a device mesh
         (`hardware=fsdp`), then `model.compile=true` compiles the inner model (never this LightningModule, which
-        fails with Lightning 2.6.6) and the token loss: its upcast, log-softmax and gradient become fused kernels
+        Lightning then fails to train) and the token loss: its upcast, log-softmax and gradient become fused kernels
         that never write the fp32 (tokens, vocabulary) logits, which at GPT-2's vocabulary is most of the loss's
-        memory traffic (fwd + bwd 1.6x faster on the CPU at 2,048 x 50,304)."""
+        memory traffic (timings: docs/benchmarks.md)."""
         if self.device_mesh is not None:
             from lmlab.compute.parallel import shard_modules
 

@@ -1,6 +1,7 @@
 """A callback for the multi-process sweep tests: every rank writes what it trains with into its run folder.
 
-Used from a subprocess as `+callbacks.rank_probe._target_=tests.rank_probe.RecordRank` (repository root on PYTHONPATH).
+Used from a subprocess as `+callbacks.rank_probe._target_=tests.helpers.rank_probe.RecordRank`
+(repository root on PYTHONPATH).
 """
 
 from __future__ import annotations

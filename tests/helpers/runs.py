@@ -1,0 +1,29 @@
+"""A tiny resumable run and the rows it logs, shared by the resume and interruption tests."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+STEPS = 14  # 7 batches per epoch below: the stops at 4 and 9 fall inside epochs 0 and 1
+
+
+def base_overrides(corpus: Path) -> list[str]:
+    """A tiny run that crosses two epoch ends, with dropout so the random state matters."""
+    return [
+        "data=text_files",
+        f"data.corpus.paths=[{corpus}]",
+        "data.batch_size=12",
+        "data.train_stride=64",
+        "model.dropout=0.1",
+        f"trainer.max_steps={STEPS}",
+        "trainer.val_check_interval=5",
+        "trainer.deterministic=true",
+        "scheduler.warmup_steps=3",
+    ]
+
+
+def metric_rows(run_dir: Path) -> list[dict[str, str]]:
+    """Every logged row, without the throughput columns (`perf/*`: timings, which no two runs share)."""
+    with open(run_dir / "csv" / "metrics.csv", encoding="utf-8") as file:
+        return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in csv.DictReader(file)]
