@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,9 @@ def test_confusion_matrix_is_logged_to_wandb(tmp_path: Path) -> None:
     assert any(p.startswith("val/confusion_matrix") for p in images), images
     assert any(p.startswith("test/confusion_matrix") for p in images), images
     (history,) = run.glob("*.wandb")
+    deadline = time.monotonic() + 30  # W&B's service process may still be flushing its log after finish() returns
+    while b"val/confusion_matrix" not in history.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert b"val/confusion_matrix" in history.read_bytes()  # the image entry is in the run's logged history
 
 

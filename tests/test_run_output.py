@@ -39,6 +39,8 @@ def test_quiet_drops_only_the_named_messages() -> None:
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
     rank_zero.addHandler(handler)
+    level = rank_zero.level
+    rank_zero.setLevel(logging.INFO)  # whatever level an earlier test (e.g. `lmlab eval`) gave Lightning's loggers
     try:
         with warnings.catch_warnings(record=True) as caught:  # restores the warning filters afterwards
             warnings.simplefilter("always")
@@ -50,6 +52,7 @@ def test_quiet_drops_only_the_named_messages() -> None:
             rank_zero.info("GPU available: False, used: False")
     finally:
         rank_zero.removeHandler(handler)
+        rank_zero.setLevel(level)
     assert [str(w.message) for w in caught] == ["a real deprecation"]
     assert [r.getMessage() for r in records] == ["GPU available: False, used: False"]
     assert sum(isinstance(f, DropMessages) for f in rank_zero.filters) == 1
