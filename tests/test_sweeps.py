@@ -67,7 +67,9 @@ def test_search_space_typos_are_refused_before_trials(tmp_path) -> None:
     message = r"^hparams_search parameter optimizer.lrr is not in the config; fix it in conf/hparams_search/p.yaml or"
     with pytest.raises(LmlabError, match=message + r" the command line; optimizer has: .*\blr\b"):
         check_search_space(cfg, ["optimizer.lrr=interval(1e-4, 1e-3)"], "p")
-    with pytest.raises(LmlabError, match=r"^hparams_search: unknown model 'gtp'; choose one of: bert, gpt"):
+    with pytest.raises(
+        LmlabError, match=r"^hparams_search: unknown model 'gtp'; did you mean gpt\? choose one of: bert, gpt"
+    ):
         check_search_space(cfg, ["model=choice(gpt, gtp)"], "p")
     check_search_space(cfg, ["optimizer.lr=interval(1e-4, 1e-3)", "model=choice(gpt, lstm)", "+extra=1"], None)
 
