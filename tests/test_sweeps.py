@@ -251,7 +251,8 @@ def job_dirs(sweep: Path) -> list[Path]:
 def load_study(sweep: Path):
     import optuna
 
-    return optuna.load_study(study_name="shakespeare_char", storage=f"sqlite:///{sweep}/optuna.db")
+    # study_name: ${task_name}, named after the choices of tiny_args (data=text_files, tokenizer=char)
+    return optuna.load_study(study_name="text_files_char", storage=f"sqlite:///{sweep}/optuna.db")
 
 
 # Merged into the preset's space (++ adds keys). Its model.n_layer/n_embd are fixed by the tiny sizes, and fixed
