@@ -34,7 +34,7 @@ def package_dir(name: str) -> str:
     return str(spec.submodule_search_locations[0])
 
 
-def choice(group: str, _root_: DictConfig) -> str:
+def chosen_option(group: str, _root_: DictConfig) -> str:
     """`${lmlab.choice:GROUP}` in configs: the option chosen for a config group, e.g. `shakespeare` for data.
 
     Read from the composed config's `hydra` node where it has one, so it resolves before Hydra records its state
@@ -55,7 +55,7 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("lmlab.package_dir"):
         OmegaConf.register_new_resolver("lmlab.package_dir", package_dir)
     if not OmegaConf.has_resolver("lmlab.choice"):
-        OmegaConf.register_new_resolver("lmlab.choice", choice)
+        OmegaConf.register_new_resolver("lmlab.choice", chosen_option)
 
 
 register_resolvers()
@@ -117,6 +117,7 @@ def null_choices_as_deletions(command: str, overrides: list[str]) -> list[str]:
 
 
 def _as_deletion(command: str, override: str) -> str:
+    """`~group` for `group=null` where the command may run without that group; other overrides unchanged."""
     match = _CHOICE.match(override)
     if not match or match["value"] != "null" or override[0] in "+~" or "@" in override.split("=", 1)[0]:
         return override
