@@ -165,7 +165,29 @@ ROWS = [
         lambda w: train(w, "experiment=shakespeare_char_gpu", "model=lstm"),
         r"model\.n_head, set in experiment/shakespeare_char_gpu, is not a setting of model \(LSTMConfig\)",
     ),
-    Bad("train-unknown-group-choice", lambda w: train(w, "model=gtp"), r"unknown model 'gtp'; choose one of"),
+    Bad(
+        "train-unknown-group-choice",
+        lambda w: train(w, "model=gtp"),
+        r"unknown model 'gtp'; did you mean gpt\? choose one of",
+    ),
+    Bad(
+        "train-non-ascii-unquoted",  # Hydra's lexer error named no fix
+        lambda w: train(w, "sample.prompt=中国"),
+        r"""quote the value: 'sample\.prompt="中国"'$""",
+    ),
+    Bad(
+        "train-non-ascii-file-name-unquoted",
+        lambda w: train(w, data=f"{w}/数据.txt"),
+        r"""quote the value: 'data\.corpus\.paths=\[".*/数据\.txt"\]'$""",
+    ),
+    Bad(
+        "train-unreadable-override",
+        lambda w: train(w, "model.n_layer=[1"),
+        r"cannot read the override model\.n_layer=\[1 .*close its brackets or quote the value",
+    ),
+    Bad(
+        "train-null-model", lambda w: train(w, "model=null"), r"model=null: `lmlab train` needs a model; choose one of"
+    ),
     # train: data files
     Bad("train-missing-file", lambda w: train(w, data=f"{w}/nope.txt"), r"nope\.txt does not exist"),
     Bad("train-empty-file", lambda w: train(w, data=f"{w}/empty.txt"), r"0 tokens, fewer than block_size"),
@@ -185,6 +207,11 @@ ROWS = [
         r"validation split .* fewer than block_size\+1=1001; use more text or a smaller model\.block_size",
     ),
     Bad("train-optimizer-rejects", lambda w: train(w, "optimizer.lr=-1"), r"optimizer settings rejected by AdamW"),
+    Bad(
+        "train-optimizer-lr-not-a-number",  # was torch's "'<=' not supported between ..."
+        lambda w: train(w, "optimizer.lr=abc"),
+        r"^error: optimizer\.lr='abc' has the wrong type; give a value of type float$",
+    ),
     Bad("train-init-from-corrupt", lambda w: train(w, f"+task.init_from={w}/garbage.ckpt"), CORRUPT),
     Bad(
         "train-init-from-with-another-tokenizer",

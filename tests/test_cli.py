@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 
 from lmlab.cli.main import COMMANDS, main
-from lmlab.config.groups import check_group_choices, group_options
+from lmlab.config.groups import check_group_choices, group_options, null_choices_as_deletions
+from lmlab.config.validate import check_override_syntax
 from lmlab.errors import LmlabError
 from tests.helpers.cli import run_cli
 
 
 def test_unknown_group_choice_lists_choices() -> None:
-    with pytest.raises(LmlabError, match=r"unknown model 'gtp'; choose one of: bert, gpt, "):
+    with pytest.raises(LmlabError, match=r"unknown model 'gtp'; did you mean gpt\? choose one of: bert, gpt, "):
         check_group_choices("train", ["model=gtp"])
-    with pytest.raises(LmlabError, match=r"unknown hardware 'tpu'; choose one of: cpu, ddp, ddp_cpu, deepspeed, "):
+    with pytest.raises(LmlabError, match=r"unknown hardware 'tpu'; did you mean gpu\? choose one of: cpu, ddp, "):
         check_group_choices("train", ["hardware=cpu,tpu"])
     check_group_choices("train", ["model=gpt", "model.n_layer=2", "debug=null", "+foo=1", "hydra.run.dir=x"])
 
@@ -32,6 +33,31 @@ def test_bad_group_choice_from_the_shell_is_one_line() -> None:
     assert result.returncode != 0
     expected = f"error: unknown model 'nope'; choose one of: {', '.join(group_options('model'))}"
     assert result.stderr.strip() == expected and "ngram" in expected
+
+
+def test_null_choice_means_no_option_of_that_group(tmp_path) -> None:
+    """Hydra refuses `group=null` on the command line with a traceback; lmlab passes it on as `~group`."""
+    assert null_choices_as_deletions("train", ["experiment=null", "debug=fdr", "model.dropout=null", "+x=null"]) == [
+        "~experiment", "debug=fdr", "model.dropout=null", "+x=null"
+    ]  # fmt: skip
+    assert null_choices_as_deletions("eval", ["data=null"]) == ["~data"]  # eval's default: the checkpoint's data
+    with pytest.raises(LmlabError, match=r"^model=null: `lmlab train` needs a model; choose one of: bert, gpt, "):
+        null_choices_as_deletions("train", ["model=null"])
+    result = run_cli("train", "experiment=null", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "batch_size: 12" in result.stdout
+        and "task_name: ${lmlab.choice:data}_${lmlab.choice:tokenizer}" in result.stdout
+    )
+
+
+def test_non_ascii_override_names_the_quoting(capsys) -> None:
+    """Hydra's grammar reads non-ASCII text only inside quotes; its lexer error gave no hint."""
+    with pytest.raises(LmlabError, match=r"quote the value: 'sample\.prompt=\"中国\"'$"):
+        check_override_syntax(["sample.prompt=中国"])
+    with pytest.raises(LmlabError, match=r"quote the value: 'data\.corpus\.paths=\[\"a\.txt\",\"数据\.txt\"\]'$"):
+        check_override_syntax(["data.corpus.paths=[a.txt,数据.txt]"])
+    check_override_syntax(['sample.prompt="中国"', "data.corpus.paths=['数据.txt']", "-m", "--cfg", "job"])
 
 
 def test_cfg_job_prints_composed_config(tmp_path) -> None:

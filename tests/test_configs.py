@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lmlab.cli.train import build_datamodule, build_task, build_trainer, use_starting_point
-from lmlab.config.groups import config_dir, group_options
+from lmlab.config.groups import check_group_choices, config_dir, group_options
 from lmlab.config.validate import check_run_config
 from lmlab.data import ClassificationDataModule, LMDataModule
 from lmlab.errors import LmlabError
@@ -100,3 +101,107 @@ def test_default_experiment_is_nanogpt_cpu_recipe(tmp_path: Path) -> None:
     )
     assert (full.data.batch_size, full.trainer.max_steps, full.model.dropout) == (12, 2000, 0.0)
     assert (full.optimizer.lr, full.scheduler.min_lr, full.scheduler.warmup_steps) == (1e-3, 1e-4, 100)
+
+
+def compose_run(overrides: list[str]):
+    """The train config as a run sees it, with the `hydra` node that names its folder (no tiny sizes)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+def without_hydra(cfg) -> dict:
+    """The resolved config of a run, as its task function receives it (task_name resolved before `hydra` goes)."""
+    resolved = OmegaConf.to_container(cfg, resolve=False)
+    resolved.pop("hydra")
+    resolved["task_name"] = cfg.task_name
+    resolved["paths"]["output_dir"] = "run"  # ${hydra:runtime.output_dir} is set only when Hydra starts the job
+    return OmegaConf.to_container(OmegaConf.create(resolved), resolve=True)
+
+
+def test_default_run_is_the_shakespeare_char_experiment() -> None:
+    """The default recipe lives in the groups' defaults, not in an experiment that other choices inherit."""
+    default, recipe = compose_run([]), compose_run(["experiment=shakespeare_char"])
+    assert without_hydra(default) == without_hydra(recipe)
+    assert default.hydra.run.dir.startswith("outputs/shakespeare_char/")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "batch_size", "name"),
+    [
+        (["task=classification", "data=text_classification"], 32, "text_classification_char"),
+        (["task=classification", "data=rotten_tomatoes", "tokenizer=bpe"], 32, "rotten_tomatoes_bpe"),
+        (["data=text_files", "tokenizer=bpe"], 12, "text_files_bpe"),
+        (["model=bert", "task=masked_lm", "experiment=null"], 12, "shakespeare_char"),
+        (["experiment=shakespeare_bert"], 32, "shakespeare_bert"),
+    ],
+)
+def test_data_and_task_choices_keep_their_own_settings_and_name(overrides, batch_size, name) -> None:
+    """`data=`/`task=` without an experiment: that data's batch size, a run folder and W&B job type of its own
+    (the default experiment used to impose batch 12 and `shakespeare_char` on every run)."""
+    cfg = compose_run([o if o != "experiment=null" else "~experiment" for o in overrides])
+    assert cfg.data.batch_size == batch_size
+    assert cfg.task_name == name and cfg.logger.wandb.job_type == name
+    assert cfg.hydra.run.dir.startswith(f"outputs/{name}/") and cfg.hydra.job.name == name
+
+
+def test_command_headers_name_a_real_run_folder() -> None:
+    """The `ckpt=outputs/<name>/...` examples at the top of the primary configs name folders runs really make."""
+    names = {compose_run([]).task_name} | {
+        OmegaConf.load(p).task_name for p in (config_dir() / "experiment").glob("*.yaml")
+    }
+    for command in ("eval", "generate", "export", "predict"):
+        header = (config_dir() / f"{command}.yaml").read_text().split("defaults:")[0]
+        folders = set(re.findall(r"ckpt=outputs/([^/\s]+)/", header))
+        assert folders and folders <= names, (command, folders)
+
+
+NO_OUTPUT_COMMANDS = ("eval", "generate", "export", "predict", "report")
+
+
+@pytest.mark.parametrize("command", NO_OUTPUT_COMMANDS)
+def test_no_output_commands_share_one_hydra_block(command: str) -> None:
+    """Commands that write only what they are asked to take Hydra's settings from conf/hydra/no_output.yaml."""
+    from hydra import compose, initialize_config_dir
+
+    assert "hydra" not in OmegaConf.load(config_dir() / f"{command}.yaml")  # no copy of the block
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        hydra = compose(command, return_hydra_config=True).hydra
+    assert (hydra.output_subdir, hydra.run.dir, hydra.job.chdir) == (None, ".", False)
+    assert hydra.runtime.choices["hydra/job_logging"] == "none"
+
+
+def test_lora_settings_have_one_home_and_one_default() -> None:
+    """`task.finetune=lora` and `model.lora=true` (hf_causal) take rank, alpha and dropout from one file, and the
+    Python defaults agree with it (they used to differ: dropout 0.05 vs 0.0)."""
+    import inspect
+
+    from lmlab.models import HFCausalConfig
+    from lmlab.tasks import ClassificationTask
+
+    home = OmegaConf.to_container(OmegaConf.load(config_dir() / "task" / "base" / "lora.yaml"))
+    assert set(home) == {"lora_r", "lora_alpha", "lora_dropout"}
+    task = compose_run(["task=classification", "data=rotten_tomatoes"]).task
+    model = compose_run(["model=hf_causal"]).model
+    signature = inspect.signature(ClassificationTask).parameters
+    fields = HFCausalConfig.__dataclass_fields__
+    for key, value in home.items():
+        assert task[key] == model[key] == signature[key].default == fields[key].default == value, key
+    for group in ("task", "model"):  # set in the one file only
+        assert not any(re.search(r"^lora_r:", p.read_text(), re.M) for p in (config_dir() / group).glob("*.yaml"))
+
+
+def test_data_choices_extend_bases_that_are_not_choices() -> None:
+    """Shared data keys live in conf/data/base/ (not offered as data=...), not in a choice that others extend."""
+    options = group_options("data")
+    bases = sorted(p.stem for p in (config_dir() / "data" / "base").glob("*.yaml"))
+    assert bases and not set(bases) & set(options) and "base" not in options
+    for option in options:
+        defaults = OmegaConf.load(config_dir() / "data" / f"{option}.yaml").get("defaults", [])
+        named = {str(d) if isinstance(d, str) else str(next(iter(d.values()))) for d in defaults}
+        assert not named & set(options), (option, named)
+    with pytest.raises(LmlabError, match=r"unknown data 'base/labeled'; choose one of: hf_dataset, imdb, "):
+        check_group_choices("train", ["data=base/labeled"])
+    labeled = [compose_run([f"data={o}", "task=classification"]).data for o in ("imdb", "text_classification")]
+    assert set(labeled[0]) == set(labeled[1]) and labeled[0].batch_size == labeled[1].batch_size == 32

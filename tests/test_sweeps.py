@@ -67,7 +67,9 @@ def test_search_space_typos_are_refused_before_trials(tmp_path) -> None:
     message = r"^hparams_search parameter optimizer.lrr is not in the config; fix it in conf/hparams_search/p.yaml or"
     with pytest.raises(LmlabError, match=message + r" the command line; optimizer has: .*\blr\b"):
         check_search_space(cfg, ["optimizer.lrr=interval(1e-4, 1e-3)"], "p")
-    with pytest.raises(LmlabError, match=r"^hparams_search: unknown model 'gtp'; choose one of: bert, gpt"):
+    with pytest.raises(
+        LmlabError, match=r"^hparams_search: unknown model 'gtp'; did you mean gpt\? choose one of: bert, gpt"
+    ):
         check_search_space(cfg, ["model=choice(gpt, gtp)"], "p")
     check_search_space(cfg, ["optimizer.lr=interval(1e-4, 1e-3)", "model=choice(gpt, lstm)", "+extra=1"], None)
 
@@ -249,7 +251,8 @@ def job_dirs(sweep: Path) -> list[Path]:
 def load_study(sweep: Path):
     import optuna
 
-    return optuna.load_study(study_name="shakespeare_char", storage=f"sqlite:///{sweep}/optuna.db")
+    # study_name: ${task_name}, named after the choices of tiny_args (data=text_files, tokenizer=char)
+    return optuna.load_study(study_name="text_files_char", storage=f"sqlite:///{sweep}/optuna.db")
 
 
 # Merged into the preset's space (++ adds keys). Its model.n_layer/n_embd are fixed by the tiny sizes, and fixed

@@ -43,8 +43,11 @@ def compose_train(tmp_path: Path, overrides: list[str] | None = None) -> DictCon
     """Compose `conf/train.yaml` as `lmlab train` would, with tiny sizes and outputs under `tmp_path`."""
     overrides = list(overrides or [])
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        cfg = compose("train", overrides=[*TINY_OVERRIDES, *tiny_model(overrides), *overrides])
+        overrides = [*TINY_OVERRIDES, *tiny_model(overrides), *overrides]
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
+        cfg.task_name = cfg.task_name  # named after the group choices, which the `hydra` node removed here holds
+        del cfg["hydra"]
         cfg.paths.output_dir = str(tmp_path / "run")
         cfg.paths.cache_dir = str(tmp_path / "cache")
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)

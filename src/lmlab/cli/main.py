@@ -42,10 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(f"error: unknown command {args[0]!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
-    from lmlab.config.groups import check_group_choices
-    from lmlab.config.validate import check_overrides, typed_run
+    from lmlab.config.groups import check_group_choices, null_choices_as_deletions
+    from lmlab.config.validate import check_override_syntax, check_overrides, typed_run
 
     try:
+        args = null_choices_as_deletions(command, args)
+        check_override_syntax(args)
         typed = command not in UNTYPED_COMMANDS and typed_run(args)  # registers the schemas: choices to check
         check_group_choices(command, args)
         if typed:

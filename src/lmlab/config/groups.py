@@ -7,7 +7,7 @@ import importlib.util
 import re
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 import lmlab
 from lmlab.errors import LmlabError
@@ -34,10 +34,28 @@ def package_dir(name: str) -> str:
     return str(spec.submodule_search_locations[0])
 
 
+def chosen_option(group: str, _root_: DictConfig) -> str:
+    """`${lmlab.choice:GROUP}` in configs: the option chosen for a config group, e.g. `shakespeare` for data.
+
+    Read from the composed config's `hydra` node where it has one, so it resolves before Hydra records its state
+    (`${hydra:runtime.choices.GROUP}` does not, e.g. in a sweeper's settings); inside a run, whose config Hydra hands
+    over without that node, from Hydra's state.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if "hydra" in _root_:
+        return str(OmegaConf.select(_root_, f"hydra.runtime.choices.{group}"))
+    if not HydraConfig.initialized():
+        raise LmlabError(f"${{lmlab.choice:{group}}} resolves only in a config composed by Hydra")
+    return str(HydraConfig.get().runtime.choices.get(group))
+
+
 def register_resolvers() -> None:
     """Make lmlab's config resolvers known to OmegaConf (idempotent; runs when this module is imported)."""
     if not OmegaConf.has_resolver("lmlab.package_dir"):
         OmegaConf.register_new_resolver("lmlab.package_dir", package_dir)
+    if not OmegaConf.has_resolver("lmlab.choice"):
+        OmegaConf.register_new_resolver("lmlab.choice", chosen_option)
 
 
 register_resolvers()
@@ -91,7 +109,44 @@ def check_group_choices(command: str, overrides: list[str]) -> None:
             options = group_options(group)
         for choice in _sweep_values(value):
             if choice not in options:
-                raise LmlabError(f"unknown {group} {choice!r}; choose one of: {', '.join(options)}")
+                raise LmlabError(unknown_choice(group, choice, options))
+
+
+def unknown_choice(group: str, choice: str, options: list[str]) -> str:
+    """`unknown model 'gtp'; did you mean gpt? choose one of: ...`: the close option first, as for mistyped keys."""
+    from lmlab.config.validate import did_you_mean
+
+    return f"unknown {group} {choice!r}; {did_you_mean(choice, options)}choose one of: {', '.join(options)}"
+
+
+def null_choices_as_deletions(command: str, overrides: list[str]) -> list[str]:
+    """`group=null` (e.g. `experiment=null`: no experiment) written as Hydra's `~group`, which removes the group's
+    default; Hydra itself refuses null as a choice given on the command line, with a traceback. Refused in one line
+    for a group the command cannot run without (its default is not null)."""
+    return [_as_deletion(command, o) for o in overrides]
+
+
+def _as_deletion(command: str, override: str) -> str:
+    """`~group` for `group=null` where the command may run without that group; other overrides unchanged."""
+    match = _CHOICE.match(override)
+    if not match or match["value"] != "null" or override[0] in "+~" or "@" in override.split("=", 1)[0]:
+        return override
+    group = match["group"]
+    if group.startswith("hydra") or not (config_dir() / group).is_dir():
+        return override
+    if group not in _optional_groups(command):
+        options = ", ".join(group_options(group))
+        raise LmlabError(f"{override}: `lmlab {command}` needs a {group}; choose one of: {options}")
+    return f"~{group}"
+
+
+@functools.cache
+def _optional_groups(command: str) -> frozenset[str]:
+    """The groups whose default in conf/<command>.yaml is null (e.g. experiment, debug)."""
+    defaults = OmegaConf.load(config_dir() / f"{command}.yaml").get("defaults") or []
+    return frozenset(
+        str(k) for entry in defaults if isinstance(entry, DictConfig) for k, v in entry.items() if v is None
+    )
 
 
 def _sweep_values(value: str) -> list[str]:

@@ -22,7 +22,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lmlab.config.groups import config_dir, group_options
+from lmlab.config.groups import config_dir, group_options, unknown_choice
 from lmlab.errors import LmlabError
 
 log = logging.getLogger("lmlab")
@@ -68,7 +68,7 @@ def check_search_space(config: DictConfig, overrides: list[str], preset: str | N
             swept = override.sweep_string_iterator() if override.is_sweep_override() else []
             for choice in swept:
                 if choice not in options:
-                    raise LmlabError(f"hparams_search: unknown {key} {choice!r}; choose one of: {', '.join(options)}")
+                    raise LmlabError(f"hparams_search: {unknown_choice(key, choice, options)}")
         elif OmegaConf.select(config, key, default=_ABSENT, throw_on_missing=False) is _ABSENT:
             parent = key.rsplit(".", 1)[0] if "." in key else ""
             node = OmegaConf.select(config, parent, default=None) if parent else config

@@ -9,6 +9,7 @@ import difflib
 import inspect
 import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -21,11 +22,15 @@ HYDRA_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_a
 SIMPLE_TYPES = (bool, int, float, str)
 
 
-def suggestion(name: str, valid: list[str]) -> str:
-    """`; did you mean X?` for the closest valid name, and the valid names."""
+def did_you_mean(name: str, valid: list[str]) -> str:
+    """`did you mean X? ` for the valid name closest to a mistyped one; empty when none is close."""
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]}? " if close else ""
-    return f"{hint}valid keys: {', '.join(sorted(valid))}"
+    return f"did you mean {close[0]}? " if close else ""
+
+
+def suggestion(name: str, valid: list[str]) -> str:
+    """`did you mean X? ` for the closest valid key, and the valid keys."""
+    return f"{did_you_mean(name, valid)}valid keys: {', '.join(sorted(valid))}"
 
 
 def typed_run(args: list[str]) -> bool:
@@ -40,6 +45,37 @@ def typed_run(args: list[str]) -> bool:
 
 
 # --- compose time -------------------------------------------------------------------------------------------------
+
+
+def check_override_syntax(overrides: list[str]) -> None:
+    """Refuse a `key=value` override that Hydra's grammar cannot read, in one line with the fix. The common case is
+    text with non-ASCII characters (`sample.prompt=中国`, a file name), which Hydra reads only inside quotes."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        if override.startswith("-") or "=" not in override:
+            continue
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException as err:
+            key, _, value = override.partition("=")
+            if not value.isascii():
+                raise LmlabError(
+                    f"{override}: Hydra reads non-ASCII text only inside quotes; quote the value: "
+                    f"'{key}={_quoted(value)}'"
+                ) from err
+            reason = str(err).strip().splitlines()[0]
+            raise LmlabError(f"cannot read the override {override} ({reason}); close its brackets or quote the value: "
+                             f"'{key}=\"...\"'") from err  # fmt: skip
+
+
+def _quoted(value: str) -> str:
+    """The value in double quotes, or each item of a `[a,b]` list (a list in quotes would be one string)."""
+    if value.startswith("[") and value.endswith("]"):
+        return "[" + ",".join(_quoted(item.strip()) for item in value[1:-1].split(",")) + "]"
+    return value if value[:1] in ("'", '"') else f'"{value}"'
 
 
 def check_overrides(command: str, overrides: list[str]) -> None:
@@ -265,13 +301,15 @@ def _check_type(key: str, value: Any, hint: Any) -> None:
 
 
 def _simple_types(hint: Any) -> tuple[type, ...] | None:
-    """The member types of a hint made only of int/float/bool/str/None, else None (not checked)."""
+    """The member types of a hint made only of int/float/bool/str/None, else None (not checked). A tensor member
+    is left out, as no config value can be one: torch's `lr: float | Tensor` is checked as a float."""
     if hint in SIMPLE_TYPES:
         return (hint,)
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        members = typing.get_args(hint)
-        if all(m in SIMPLE_TYPES or m is type(None) for m in members):
-            return tuple(members)
+        torch = sys.modules.get("torch")  # a hint naming torch.Tensor has imported it
+        members = tuple(m for m in typing.get_args(hint) if torch is None or m is not torch.Tensor)
+        if all(m in SIMPLE_TYPES or m is type(None) for m in members) and set(members) & set(SIMPLE_TYPES):
+            return members
     return None
 
 

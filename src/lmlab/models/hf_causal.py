@@ -43,8 +43,8 @@ class HFCausalConfig:
     """Rank of the LoRA updates."""
     lora_alpha: int = 16
     """LoRA scaling numerator (updates are scaled by lora_alpha / lora_r)."""
-    lora_dropout: float = 0.0
-    """Dropout on the LoRA branch."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA branch (the default of every LoRA in lmlab: conf/task/base/lora.yaml)."""
     lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Module names to adapt; `[all-linear]` means every linear layer of the blocks (attention and MLP
     projections), whatever the architecture calls them."""
