@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib.util
 import re
@@ -61,6 +62,12 @@ def register_resolvers() -> None:
 register_resolvers()
 
 
+def did_you_mean(name: str, valid: list[str]) -> str:
+    """`did you mean X? ` for the valid name closest to a mistyped one; empty when none is close."""
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    return f"did you mean {close[0]}? " if close else ""
+
+
 def group_options(group: str) -> list[str]:
     """The choices of a config group, e.g. `group_options("model")` -> ["gpt", ...]: its files in conf/, and the
     choices stored in Hydra's ConfigStore (a model family registered in Python without a file)."""
@@ -114,8 +121,6 @@ def check_group_choices(command: str, overrides: list[str]) -> None:
 
 def unknown_choice(group: str, choice: str, options: list[str]) -> str:
     """`unknown model 'gtp'; did you mean gpt? choose one of: ...`: the close option first, as for mistyped keys."""
-    from lmlab.config.validate import did_you_mean
-
     return f"unknown {group} {choice!r}; {did_you_mean(choice, options)}choose one of: {', '.join(options)}"
 
 

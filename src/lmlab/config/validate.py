@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import inspect
 import os
 import re
@@ -16,16 +15,11 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from lmlab.config.groups import did_you_mean
 from lmlab.errors import LmlabError
 
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_args_"})
 SIMPLE_TYPES = (bool, int, float, str)
-
-
-def did_you_mean(name: str, valid: list[str]) -> str:
-    """`did you mean X? ` for the valid name closest to a mistyped one; empty when none is close."""
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
-    return f"did you mean {close[0]}? " if close else ""
 
 
 def suggestion(name: str, valid: list[str]) -> str:
