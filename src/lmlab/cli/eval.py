@@ -5,7 +5,6 @@ The scoring is `lmlab.inference.evaluate`; this command only rebuilds the data a
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,8 +98,6 @@ def evaluate(cfg: DictConfig) -> Evaluation:
     device = pick_device(str(cfg.device))
     loaded = load_checkpoint(cfg.ckpt, device)
     classifier = is_classifier(loaded)
-    for name in ("pytorch_lightning", "lightning", "lightning.pytorch"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # no "GPU available" banner around the table
     evaluation: Any
     if cfg.text_file is not None:
         evaluation = evaluate_file(loaded, cfg.text_file, device, cfg.batch_size or 64, cfg.max_tokens)

@@ -7,9 +7,11 @@ metrics. Which scorer applies follows from the checkpoint's task class, so a new
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,20 +77,32 @@ def validate(task: ModelTask, loader: DataLoader, device: torch.device) -> dict[
     import pytorch_lightning as pl
 
     accelerator, devices = ("gpu", [device.index or 0]) if device.type == "cuda" else ("cpu", 1)
-    trainer = pl.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    with warnings.catch_warnings():  # Lightning's advice about workers and its own deprecations are noise here
+    with lightning_quiet(), warnings.catch_warnings():  # Lightning's advice about workers and its deprecations
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
+        trainer = pl.Trainer(
+            accelerator=accelerator,
+            devices=devices,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
         (metrics,) = trainer.validate(task, dataloaders=loader, verbose=False)
     return {name: float(value) for name, value in metrics.items()}
+
+
+@contextlib.contextmanager
+def lightning_quiet() -> Iterator[None]:
+    """Lightning's info lines ("GPU available", tips) held back while it scores: the result is the output."""
+    logger = logging.getLogger("pytorch_lightning")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def evaluate_windows(
