@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from lmlab.data.cache import TokenSplits, build_token_cache, load_token_cache, split_text
 from lmlab.data.classification import ClassificationDataModule, pad_batch
+from lmlab.data.conversation_files import read_conversations
+from lmlab.data.conversation_sources import Chatterbot, ConversationFiles
 from lmlab.data.corpora import (
     Corpus,
     PeoplesDailyCorpus,
@@ -19,7 +21,9 @@ from lmlab.data.labeled_sources import LabeledFiles, MovieReviews, MovieReviewsC
 from lmlab.data.windows import TokenWindows
 
 __all__ = [
+    "Chatterbot",
     "ClassificationDataModule",
+    "ConversationFiles",
     "Corpus",
     "HFDatasetCorpus",
     "LMDataModule",
@@ -38,6 +42,7 @@ __all__ = [
     "markdown_play_to_text",
     "pad_batch",
     "pku_line_to_text",
+    "read_conversations",
     "split_examples",
     "split_text",
 ]

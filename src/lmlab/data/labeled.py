@@ -76,6 +76,11 @@ def read_records(path: str | Path, key: str = "data.source.train") -> list[dict[
 
 
 def _json_lines(text: str, path: Path) -> list[dict[str, object]]:
+    return [record for _, record in numbered_json_lines(text, path)]
+
+
+def numbered_json_lines(text: str, path: Path) -> list[tuple[int, dict[str, object]]]:
+    """(line number, object) for each non-blank line, so later checks can name the line of a bad record."""
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -87,7 +92,7 @@ def _json_lines(text: str, path: Path) -> list[dict[str, object]]:
             raise LmlabError(message) from err
         if not isinstance(record, dict):
             raise LmlabError(f"line {number} of {path} is not a JSON object; write one object per line")
-        records.append(record)
+        records.append((number, record))
     return records
 
 
@@ -137,10 +142,15 @@ def split_examples(
     examples: LabeledExamples, val_fraction: float, test_fraction: float, seed: int
 ) -> tuple[LabeledExamples, LabeledExamples, LabeledExamples]:
     """Disjoint (train, val, test) subsets in a fixed pseudo-random order: test first, then val, the rest train."""
-    order = split_order(len(examples), seed)
-    n_val, n_test = split_sizes(len(examples), val_fraction, test_fraction)
-    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+    train, val, test = split_indices(len(examples), val_fraction, test_fraction, seed)
     return examples.subset(train), examples.subset(val), examples.subset(test)
+
+
+def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[list[int], ...]:
+    """Disjoint (train, val, test) index lists over range(n), the split every source of examples shares."""
+    order = split_order(n, seed)
+    n_val, n_test = split_sizes(n, val_fraction, test_fraction)
+    return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
 
 
 def check_classes(train: LabeledExamples, label_names: Sequence[str], where: str) -> None:
