@@ -12,34 +12,10 @@ import torch
 from lmlab.cli import generate as generate_cli
 from lmlab.errors import LmlabError
 from lmlab.hf.tokenizer import save_hf_tokenizer
-from lmlab.models import GPT, GPTConfig, model_config_to_dict
 from lmlab.tokenizers import HFTokenizer, HFTokenizerConfig, tokenizer_from_dict
+from tests.helpers.chat import TEMPLATE, TOKENS, chat_tokenizer, tiny_json, write_chat_checkpoint
 from tests.helpers.cli import one_line_error
 from tests.helpers.compose import command
-
-TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system turns') }}{% endif %}"
-    "<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
-)
-TOKENS = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}
-WORDS = ["user", "assistant", "hi", "there", "how", "are", "you", "?"]
-
-
-def tiny_json() -> str:
-    """A word-level tokenizer: [UNK], <|im_start|>, <|im_end|>, then WORDS."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {w: i for i, w in enumerate(["[UNK]", "<|im_start|>", "<|im_end|>", *WORDS])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.add_special_tokens(["<|im_start|>", "<|im_end|>"])
-    return backend.to_str()
-
-
-def chat_tokenizer() -> HFTokenizer:
-    return HFTokenizer(tiny_json(), TEMPLATE, TOKENS)
-
 
 USER = [{"role": "user", "content": "hi there"}]
 EXPECTED = [1, 3, 5, 6, 2, 1, 4]  # <|im_start|> user hi there <|im_end|> <|im_start|> assistant
@@ -97,27 +73,6 @@ def test_export_leaves_the_template_out(tmp_path: Path) -> None:
     assert AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True).chat_template is None
 
 
-def write_chat_checkpoint(path: Path) -> None:
-    """A GPT whose greedy choice is always <|im_end|>: the final norm outputs (a multiple of) its embedding."""
-    tokenizer = chat_tokenizer()
-    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16, bias=True)
-    torch.manual_seed(0)
-    model = GPT(config)
-    end = TOKENS["eos_token"]
-    with torch.no_grad():
-        eos = tokenizer.tokenizer.token_to_id(end)
-        model.wte.weight[eos] *= 5
-        model.ln_f.weight.zero_()
-        model.ln_f.bias.copy_(model.wte.weight[eos])
-    checkpoint = {
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        "hyper_parameters": {"model": model_config_to_dict(config)},
-        "lmlab": {"tokenizer": tokenizer.to_dict(), "config": {}},
-        "global_step": 0,
-    }
-    torch.save(checkpoint, path)
-
-
 def test_generate_chat_uses_the_template_and_stops_at_the_end_of_the_turn(tmp_path: Path, capsys) -> None:
     ckpt = tmp_path / "chat.ckpt"
     write_chat_checkpoint(ckpt)
@@ -139,7 +94,7 @@ def test_generate_chat_refuses_a_tokenizer_without_template(tmp_path: Path, caps
     checkpoint["lmlab"]["tokenizer"] = HFTokenizer(tiny_json()).to_dict()
     torch.save(checkpoint, ckpt)
     err = one_line_error(generate_cli.generate, command("generate", [f"ckpt={ckpt}", "prompt=hi", "chat=true"]), capsys)
-    assert "chat=true needs a chat template, but this checkpoint's tokenizer (hf) has none" in err
+    assert "needs a chat template, but this checkpoint's tokenizer (hf) has none" in err
 
 
 @pytest.mark.slow

@@ -13,8 +13,11 @@ from omegaconf import DictConfig
 from lmlab.cli.runner import reports_errors
 
 
-def run_cli(*args: str, cwd=None, env=None, timeout: int = 120) -> subprocess.CompletedProcess:
-    """Run `python -m lmlab ARGS`; `env` entries set to None are removed from the environment."""
+def run_cli(
+    *args: str, cwd=None, env=None, timeout: int = 120, input: str | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python -m lmlab ARGS` (`input`: its standard input); `env` entries set to None are removed from the
+    environment."""
     full_env = {**os.environ, "WANDB_MODE": "offline", "LMLAB_COMMAND": None, **(env or {})}
     full_env = {k: v for k, v in full_env.items() if v is not None}
     return subprocess.run(
@@ -24,6 +27,7 @@ def run_cli(*args: str, cwd=None, env=None, timeout: int = 120) -> subprocess.Co
         cwd=cwd,
         env=full_env,
         timeout=timeout,
+        input=input,
     )
 
 

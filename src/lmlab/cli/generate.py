@@ -33,19 +33,25 @@ def read_prompts(prompt: str | None, prompt_file: str | None) -> list[str]:
         return [unescape(prompt) if prompt is not None else "\n"]
     if prompt is not None:
         raise LmlabError("give prompt or prompt_file, not both")
-    path = Path(prompt_file).expanduser()
+    return read_lines(prompt_file, "prompt_file", "prompt")
+
+
+def read_lines(file: str, key: str, what: str) -> list[str]:
+    """The non-blank lines of the UTF-8 text file that setting `key` names (`\\n` and `\\t` read as such); each
+    line is one `what` (named in the errors)."""
+    path = Path(file).expanduser()
     if not path.is_file():
-        raise LmlabError(f"prompt_file {path} does not exist; give a UTF-8 text file with one prompt per line")
+        raise LmlabError(f"{key} {path} does not exist; give a UTF-8 text file with one {what} per line")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
         raise LmlabError(
-            f"prompt_file {path} is not UTF-8 text (invalid byte at offset {err.start}); convert it, e.g. with iconv"
+            f"{key} {path} is not UTF-8 text (invalid byte at offset {err.start}); convert it, e.g. with iconv"
         ) from err
-    prompts = [unescape(line) for line in lines if line.strip()]
-    if not prompts:
-        raise LmlabError(f"prompt_file {path} has no prompts; write one prompt per line")
-    return prompts
+    texts = [unescape(line) for line in lines if line.strip()]
+    if not texts:
+        raise LmlabError(f"{key} {path} has no {what}s; write one {what} per line")
+    return texts
 
 
 def generation_config(cfg: DictConfig) -> GenerationConfig:
@@ -62,7 +68,7 @@ def generation_config(cfg: DictConfig) -> GenerationConfig:
         max_new_tokens=int(cfg.max_new_tokens),
         sampling=sampling,
         stop=[unescape(str(s)) for s in cfg.stop or []],
-        num_samples=int(cfg.num_samples),
+        num_samples=int(cfg.get("num_samples", 1)),
         seed=int(cfg.seed),
         use_cache=bool(cfg.use_cache),
     )
@@ -110,16 +116,13 @@ def _write(index: int, piece: str) -> None:
     sys.stdout.flush()
 
 
-def generate(cfg: DictConfig) -> list[Completion]:
-    """Load the checkpoint, continue every prompt, print the text; return the completions."""
+def load_language_model(ckpt: str, device: str) -> LoadedCheckpoint:
+    """Load a checkpoint that can generate text: a causal model trained as a language model."""
     from lmlab.checkpoints.load import load_checkpoint
     from lmlab.compute.hardware import pick_device
-    from lmlab.generation import generate_text, require_causal
-    from lmlab.generation.chat import chat_inputs
+    from lmlab.generation import require_causal
 
-    config = generation_config(cfg)
-    texts = read_prompts(cfg.prompt, cfg.prompt_file)
-    loaded = load_checkpoint(cfg.ckpt, pick_device(str(cfg.device)))
+    loaded = load_checkpoint(ckpt, pick_device(device))
     require_causal(loaded.model_config)
     if loaded.task_target and not loaded.task_target.endswith("CausalLMTask"):
         task = loaded.task_target.rsplit(".", 1)[-1]
@@ -127,8 +130,20 @@ def generate(cfg: DictConfig) -> list[Completion]:
             f"{loaded.path} was trained by {task}, not as a language model, so it cannot generate text; "
             "give a checkpoint of task=causal_lm (a classifier predicts with: lmlab predict)"
         )
+    return loaded
+
+
+def generate(cfg: DictConfig) -> list[Completion]:
+    """Load the checkpoint, continue every prompt, print the text; return the completions."""
+    from lmlab.generation import generate_text
+
+    config = generation_config(cfg)
+    texts = read_prompts(cfg.prompt, cfg.prompt_file)
+    loaded = load_language_model(str(cfg.ckpt), str(cfg.device))
     prompts: list[str | list[int]] = list(texts)
     if cfg.chat:
+        from lmlab.generation.chat import chat_inputs  # (imports the data package: only when asked)
+
         prompts, texts, config = chat_inputs(loaded.tokenizer, texts, config)
     stream = cfg.stream if cfg.stream is not None else len(texts) * config.num_samples == 1
     if stream:

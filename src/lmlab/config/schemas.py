@@ -95,6 +95,24 @@ class GenerateSchema:
 
 
 @dataclasses.dataclass
+class ChatSchema:
+    ckpt: str | None = MISSING
+    pretrained: str = MISSING
+    system: str | None = MISSING
+    input: str | None = MISSING
+    context: int = MISSING
+    max_new_tokens: int = MISSING
+    temperature: float = MISSING
+    top_k: int | None = MISSING
+    top_p: float | None = MISSING
+    repetition_penalty: float = MISSING
+    stop: list[str] = MISSING
+    seed: int = MISSING
+    device: str = MISSING
+    use_cache: bool = MISSING
+
+
+@dataclasses.dataclass
 class EvalSchema:
     data: Any = None  # a data config group choice (untyped: any data config), or null
     ckpt: str = MISSING
@@ -124,7 +142,13 @@ class ExportSchema:
     overwrite: bool = MISSING
 
 
-COMMAND_SCHEMAS = {"generate": GenerateSchema, "eval": EvalSchema, "predict": PredictSchema, "export": ExportSchema}
+COMMAND_SCHEMAS = {
+    "generate": GenerateSchema,
+    "chat": ChatSchema,
+    "eval": EvalSchema,
+    "predict": PredictSchema,
+    "export": ExportSchema,
+}
 
 
 def register_schemas() -> None:
