@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from lmlab.data.conversations import Conversation, ConversationSplits, conversation
 
 QUESTIONS = ["hi", "how are you", "what is red", "name a fruit", "say yes", "count to three"]
@@ -45,3 +48,10 @@ class TinyChats:
 
 TINY_SFT = ["task=sft", "data=chat_jsonl", "data.source._target_=tests.helpers.sft.TinyChats", "data.source.train=48"]
 """Overrides for a tiny SFT run on `TinyChats` (no files, no other engineer's sources)."""
+
+
+def chat_jsonl(path: Path, n: int = 24) -> Path:
+    """`tiny_conversations(n)` as JSON Lines of {"messages": [{"role": ..., "content": ...}, ...]}."""
+    rows = [{"messages": [{"role": m.role, "content": m.content} for m in c]} for c in tiny_conversations(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
