@@ -193,3 +193,30 @@ def test_tiny_sft_run_learns_the_replies(tmp_path: Path, packing: bool) -> None:
     losses = val_losses(Path(cfg.paths.output_dir))
     assert len(losses) == 2 and losses[-1] < 0.7 * losses[0], losses
     assert metrics["val/ppl"] == pytest.approx(torch.exp(torch.tensor(metrics["val/loss"])).item(), rel=1e-4)
+
+
+def test_sft_starts_from_a_pretrained_lmlab_checkpoint(tmp_path: Path, tiny_corpus: Path) -> None:
+    """task.init_from: the pretrained weights (its val loss before any step differs from a fresh model's), its model
+    config and its tokenizer, which must already hold the template tokens."""
+    markers = "tokenizer.special_tokens=[" + ",".join(f"'{t}'" for t in TEMPLATE_TOKENS) + "]"
+    pretrain = [
+        "data=text_files",
+        f"data.corpus.paths=[{tiny_corpus}]",
+        "model.block_size=48",
+        "trainer.max_steps=4",
+        "scheduler=constant",
+        "optimizer.lr=1e-2",
+    ]
+    train(compose_train(tmp_path / "pre", [*pretrain, markers]))
+    start = [*TINY_SFT, f"task.init_from={tmp_path / 'pre' / 'run'}", "initial_validation=true", "trainer.max_steps=1"]
+    tuned, control = (compose_train(tmp_path / name, [*start, f"task.init_weights={name == 'tuned'}"])
+                      for name in ("tuned", "control"))  # fmt: skip
+    firsts = []
+    for cfg in (tuned, control):
+        train(cfg)
+        firsts.append(val_losses(Path(cfg.paths.output_dir))[0])
+        assert cfg.model.block_size == 48
+    assert firsts[0] != pytest.approx(firsts[1], abs=1e-3)
+    train(compose_train(tmp_path / "plain", pretrain))
+    with pytest.raises(LmlabError, match=r"lacks the special tokens"):
+        train(compose_train(tmp_path / "refused", [*TINY_SFT, f"task.init_from={tmp_path / 'plain' / 'run'}"]))

@@ -67,7 +67,7 @@ def template_token_ids(tokenizer: Tokenizer) -> dict[str, int]:
     ids = {token: _special_token_id(tokenizer, token) for token in TEMPLATE_TOKENS}
     missing = [token for token, token_id in ids.items() if token_id is None]
     if missing:
-        listed = ",".join(TEMPLATE_TOKENS)
+        listed = ",".join(f"'{token}'" for token in TEMPLATE_TOKENS)  # quoted: Hydra's grammar reserves `|`
         raise LmlabError(
             f"the {tokenizer.kind} tokenizer has no chat template and lacks the special tokens {', '.join(missing)} "
             f'of lmlab\'s template; train it with "tokenizer.special_tokens=[{listed}]" (SFT data adds them to '
