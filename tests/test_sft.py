@@ -220,3 +220,18 @@ def test_sft_starts_from_a_pretrained_lmlab_checkpoint(tmp_path: Path, tiny_corp
     train(compose_train(tmp_path / "plain", pretrain))
     with pytest.raises(LmlabError, match=r"lacks the special tokens"):
         train(compose_train(tmp_path / "refused", [*TINY_SFT, f"task.init_from={tmp_path / 'plain' / 'run'}"]))
+
+
+def test_a_pretrained_causal_lm_keeps_packed_examples_apart(tmp_path: Path, tiny_corpus: Path) -> None:
+    """model=hf_causal packs through position_ids and a 4D mask: the same logits as each example alone."""
+    from lmlab.models import HFCausalConfig, build_model
+    from tests.helpers.hf import save_tiny_causal
+
+    folder = save_tiny_causal(tmp_path / "tiny_causal", tiny_corpus.read_text())
+    model = build_model(HFCausalConfig(name_or_path=str(folder), block_size=32)).eval()
+    a, b = torch.randint(0, 300, (1, 5)), torch.randint(0, 300, (1, 7))
+    segments = torch.tensor([[0] * 5 + [1] * 7])
+    with torch.no_grad():
+        packed = model(torch.cat([a, b], dim=1), segments)
+        alone = torch.cat([model(a), model(b)], dim=1)
+    assert torch.allclose(packed, alone, atol=1e-5)

@@ -17,7 +17,7 @@ from lmlab.tasks.finetune import load_backbone
 Batch = dict[str, torch.Tensor]
 """`ids` (B, T), `targets` (B, T) with -100 where not trained, and `segments` (B, T) when packed."""
 
-PACKING_FAMILIES = ("gpt",)
+PACKING_FAMILIES = ("gpt", "hf_causal")
 """Model families whose forward takes `segments` (attention within an example, positions restarting at each)."""
 
 
