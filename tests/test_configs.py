@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from lmlab.cli.train import build_datamodule, build_task, build_trainer, use_starting_point
 from lmlab.config.groups import check_group_choices, config_dir, group_options
 from lmlab.config.validate import check_run_config
-from lmlab.data import ClassificationDataModule, LMDataModule
+from lmlab.data import ClassificationDataModule, LMDataModule, SFTDataModule
 from lmlab.errors import LmlabError
 from lmlab.tasks import ModelTask
 from tests.helpers.companions import companions
@@ -36,7 +36,7 @@ def instantiate_all(cfg) -> None:
     use_starting_point(cfg)  # task.init_from: model and tokenizer from a checkpoint
     check_run_config(OmegaConf.to_container(cfg, resolve=True))  # keys and types against every target's signature
     datamodule = build_datamodule(cfg)
-    assert isinstance(datamodule, LMDataModule | ClassificationDataModule)
+    assert isinstance(datamodule, LMDataModule | ClassificationDataModule | SFTDataModule)
     task = build_task(cfg, datamodule.tokenizer, datamodule)
     assert isinstance(task, ModelTask)
     counting = getattr(task.model, "counting", False)  # n-grams count instead of taking optimizer steps
@@ -201,7 +201,7 @@ def test_data_choices_extend_bases_that_are_not_choices() -> None:
         defaults = OmegaConf.load(config_dir() / "data" / f"{option}.yaml").get("defaults", [])
         named = {str(d) if isinstance(d, str) else str(next(iter(d.values()))) for d in defaults}
         assert not named & set(options), (option, named)
-    with pytest.raises(LmlabError, match=r"unknown data 'base/labeled'; choose one of: hf_dataset, imdb, "):
+    with pytest.raises(LmlabError, match=r"unknown data 'base/labeled'; choose one of: (\w+, )*hf_dataset, imdb, "):
         check_group_choices("train", ["data=base/labeled"])
     labeled = [compose_run([f"data={o}", "task=classification"]).data for o in ("imdb", "text_classification")]
     assert set(labeled[0]) == set(labeled[1]) and labeled[0].batch_size == labeled[1].batch_size == 32

@@ -7,6 +7,7 @@ from pathlib import Path
 from lmlab.tokenizers import BPETokenizerConfig
 from tests.helpers.classification import classification_companions
 from tests.helpers.hf import jsonl_folder, save_tiny_causal
+from tests.helpers.sft import TINY_SFT, chat_jsonl
 
 ENCODER = ["model=bert", "task=masked_lm", "tokenizer.special_tokens=['<mask>']"]
 
@@ -21,6 +22,12 @@ def companions(group: str, option: str, tmp_path: Path, corpus: Path) -> list[st
     if (group, option) in {("model", "hf_causal"), ("experiment", "smollm2_shakespeare")}:
         folder = save_tiny_causal(tmp_path / "tiny_causal", corpus.read_text())  # a tiny random Llama, not SmolLM2
         return ["model=hf_causal", f"model.name_or_path={folder}", "tokenizer=hf", f"tokenizer.name_or_path={folder}"]
+    if (group, option) == ("task", "sft"):
+        return TINY_SFT[1:]  # in-memory conversations
+    if (group, option) == ("data", "chat_jsonl"):
+        return ["task=sft", f"data.source.train={chat_jsonl(tmp_path / 'chats.jsonl')}"]
+    if (group, option) == ("data", "chatterbot"):
+        return ["task=sft"]
     if (group, option) == ("data", "hf_dataset"):
         return [f"data.corpus.path={jsonl_folder(tmp_path / 'dataset', corpus.read_text().splitlines())}"]
     if (group, option) == ("tokenizer", "hf"):

@@ -18,6 +18,7 @@ from lmlab.data.datamodule import LMDataModule
 from lmlab.data.hf_dataset import HFDatasetCorpus
 from lmlab.data.labeled import LabeledExamples, LabeledSplits, split_examples
 from lmlab.data.labeled_sources import LabeledFiles, MovieReviews, MovieReviewsCorpus
+from lmlab.data.sft import SFTDataModule
 from lmlab.data.windows import TokenWindows
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "MovieReviews",
     "MovieReviewsCorpus",
     "PeoplesDailyCorpus",
+    "SFTDataModule",
     "ShakespeareCorpus",
     "TextFilesCorpus",
     "TokenSplits",

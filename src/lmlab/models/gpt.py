@@ -29,9 +29,10 @@ class GPT(TransformerBody):
         self.lm_head.weight = self.wte.weight  # weight tying
         init_gpt2_weights(self, config.n_layer)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Map token ids (B, T) to next-token logits (B, T, vocab_size)."""
-        return self.lm_head(self.hidden_states(idx))
+    def forward(self, idx: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
+        """Map token ids (B, T) to next-token logits (B, T, vocab_size); `segments` (B, T) numbers the examples packed
+        into each row (see `TransformerBody.hidden_states`)."""
+        return self.lm_head(self.hidden_states(idx, segments=segments))
 
     def new_cache(self, batch_size: int, pad: torch.Tensor | None = None) -> KVCache:
         """An empty KV cache for `batch_size` rows, room for `block_size` tokens; `pad` (B,) as in `KVCache`."""

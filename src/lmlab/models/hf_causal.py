@@ -13,6 +13,7 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.models.flops import matmul_parameters, transformer_flops_per_token
+from lmlab.models.layers import Packing
 
 log = logging.getLogger("lmlab")
 
@@ -78,10 +79,22 @@ class HFCausal(nn.Module):
         self.model = _with_lora(model, config) if config.lora else model
         self.train()  # from_pretrained returns eval mode; lmlab modules start in training mode like any nn.Module
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Map token ids (B, T) to next-token logits (B, T, vocab_size)."""
-        logits = self.model(input_ids=idx, use_cache=False).logits  # (B, T, model rows)
-        return logits[..., : self.config.vocab_size]
+    def forward(self, idx: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
+        """Map token ids (B, T) to next-token logits (B, T, vocab_size); `segments` (B, T) numbers the examples packed
+        into each row: they go to transformers as restarting `position_ids` and a 4D boolean mask (SDPA reads it as
+        is; eager attention would add it, so packing is refused there)."""
+        if segments is None:
+            logits = self.model(input_ids=idx, use_cache=False).logits  # (B, T, model rows)
+            return logits[..., : self.config.vocab_size]
+        implementation = getattr(self.model.config, "_attn_implementation", None)
+        if implementation != "sdpa":
+            raise LmlabError(
+                f"data.packing=true needs SDPA attention in the transformers model, and {self.config.name_or_path} "
+                f"uses {implementation}; set data.packing=false"
+            )
+        packed = Packing.of(segments, causal=True)
+        out = self.model(input_ids=idx, attention_mask=packed.mask, position_ids=packed.positions, use_cache=False)
+        return out.logits[..., : self.config.vocab_size]  # (B, T, vocab_size)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -135,6 +135,29 @@ class KVCache:
         return self.keys[0].size(2) if self.keys else 0
 
 
+@dataclass
+class Packing:
+    """Where several examples share a row: each token's position within its example, and who may attend to whom."""
+
+    positions: torch.Tensor
+    """(B, T) position of each token counted from the start of its example."""
+    mask: torch.Tensor
+    """(B, 1, T, T) True where a query (row) may attend to a key (column): same example, and (causal) not later."""
+
+    @classmethod
+    def of(cls, segments: torch.Tensor, causal: bool) -> Packing:
+        """From segments (B, T): equal numbers mark one example; an example's tokens are contiguous."""
+        T = segments.size(1)
+        index = torch.arange(T, device=segments.device)  # (T,)
+        starts = torch.ones_like(segments, dtype=torch.bool)  # (B, T): True where an example begins
+        starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+        first = torch.where(starts, index, 0).cummax(dim=1).values  # (B, T): where each token's example begins
+        mask = segments[:, :, None] == segments[:, None, :]  # (B, T, T)
+        if causal:
+            mask = mask & torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+        return cls(positions=index - first, mask=mask[:, None])
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention through `scaled_dot_product_attention`; causal or bidirectional."""
 
@@ -149,16 +172,24 @@ class SelfAttention(nn.Module):
         head_dim = config.n_embd // config.n_head
         self.rotary = Rotary(head_dim, config.block_size) if config.pos_embedding == "rope" else None
 
-    def forward(self, x: torch.Tensor, key_padding: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, C); key_padding (B, T) True where a token may be attended to (None = all)."""
+    def forward(
+        self, x: torch.Tensor, key_padding: torch.Tensor | None = None, packed: Packing | None = None
+    ) -> torch.Tensor:
+        """x (B, T, C); key_padding (B, T) True where a token may be attended to (None = all); `packed`: several
+        examples per row, each attending only within itself from positions that restart at 0."""
         B, T, C = x.shape
         q, k, v = self.heads(x)  # 3 × (B, H, T, D)
-        if self.rotary is not None:
+        if self.rotary is not None and packed is not None:
+            q, k = self.rotary.at(q, packed.positions), self.rotary.at(k, packed.positions)
+        elif self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
         mask = None if key_padding is None else key_padding[:, None, None, :].bool()  # (B, 1, 1, T)
+        if packed is not None:
+            mask = packed.mask if mask is None else mask & packed.mask  # (B, 1, T, T), causal within a segment
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
-        )  # (B, H, T, D)
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=self.causal and packed is None,
+        )  # (B, H, T, D)  # fmt: skip
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
 
@@ -220,8 +251,10 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, key_padding: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), key_padding)
+    def forward(
+        self, x: torch.Tensor, key_padding: torch.Tensor | None = None, packed: Packing | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), key_padding, packed)
         return x + self.mlp(self.ln_2(x))
 
     def forward_cached(
@@ -275,14 +308,21 @@ class TransformerBody(nn.Module):
             x = x + self.wpe(positions)
         return self.drop(x)
 
-    def hidden_states(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(
+        self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None, segments: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Final normalised hidden states (B, T, C) of ids (B, T); `attention_mask` (B, T) is 1 for real tokens, 0
-        for padding (keys that no query attends to)."""
+        for padding (keys that no query attends to); `segments` (B, T) numbers the examples packed into each row:
+        a token attends only within its example, and positions restart at each (None: one sequence per row)."""
         T = idx.size(1)
         if self.config.block_size < T:
             raise LmlabError(f"input of {T} tokens is longer than model.block_size={self.config.block_size}")
-        x = self.embed(idx, torch.arange(T, device=idx.device))
+        packed = None if segments is None else Packing.of(segments, causal=self.blocks[0].attn.causal)
+        x = self.embed(idx, torch.arange(T, device=idx.device) if packed is None else packed.positions)
         recompute = self.config.activation_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:  # recompute: keep only each block's input; dropout replays its saved RNG state
-            x = checkpoint(block, x, attention_mask, use_reentrant=False) if recompute else block(x, attention_mask)
+            if recompute:
+                x = checkpoint(block, x, attention_mask, packed, use_reentrant=False)
+            else:
+                x = block(x, attention_mask, packed)
         return self.ln_f(x)

@@ -10,6 +10,8 @@ import warnings
 QUIET_WARNINGS = (
     # torch 2.9+ deprecates LeafSpec, which Lightning's _pytree still builds; nothing a user can change
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    # task=sft refuses a training batch without reply tokens in this hook, on the CPU before the transfer, by design
+    (r"You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in a", UserWarning),
 )
 """(message regex, category) of Python warnings to drop."""
 

@@ -7,12 +7,14 @@ from lmlab.tasks.causal_lm import CausalLMTask
 from lmlab.tasks.classification import ClassificationTask
 from lmlab.tasks.masked_lm import MaskedLMTask, mask_tokens
 from lmlab.tasks.schedules import constant, warmup_cosine, warmup_cosine_factor
+from lmlab.tasks.sft import SFTTask
 
 __all__ = [
     "CausalLMTask",
     "ClassificationTask",
     "MaskedLMTask",
     "ModelTask",
+    "SFTTask",
     "constant",
     "decay_groups",
     "mask_tokens",

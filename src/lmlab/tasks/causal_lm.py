@@ -84,7 +84,11 @@ class CausalLMTask(ModelTask):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        nats = self.loss(self(x), y, reduction="sum")  # targets < 0 (IGNORE_INDEX) add nothing
+        self.update_val_metrics(self(x), y)
+
+    def update_val_metrics(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Add the summed loss, scored tokens and their bytes of logits (B, T, V) against targets (B, T)."""
+        nats = self.loss(logits, y, reduction="sum")  # targets < 0 (IGNORE_INDEX) add nothing
         scored = y >= 0  # (B, T)
         self.val_nats.update(nats)
         self.val_tokens.update(scored.sum().float())

@@ -7,6 +7,7 @@ what Transformers gives, and its special tokens (`<|im_start|>`, ...) become the
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,8 @@ def chat_token_ids(
 ) -> list[int]:
     """Token ids of `messages` ([{"role": ..., "content": ...}]) rendered with the Jinja `template`."""
     from jinja2.exceptions import TemplateError
-    from tokenizers import Tokenizer as Backend
-    from transformers import PreTrainedTokenizerFast
 
-    backend = Backend.from_str(tokenizer_json)
-    backend.no_padding()
-    backend.no_truncation()
-    known = {name: token for name, token in tokens.items() if backend.token_to_id(token) is not None}
-    fast = PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=template, **known)
+    fast = _templating_tokenizer(tokenizer_json, template, tuple(sorted(tokens.items())))
     try:
         ids = fast.apply_chat_template(
             messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
@@ -41,6 +36,20 @@ def chat_token_ids(
     except TemplateError as err:
         raise LmlabError(f"the tokenizer's chat template refused the conversation: {err}; check the prompt") from err
     return list(ids)
+
+
+@functools.lru_cache(maxsize=4)
+def _templating_tokenizer(tokenizer_json: str, template: str, tokens: tuple[tuple[str, str], ...]) -> Any:
+    """A Transformers tokenizer that renders `template`, built once per tokenizer (SFT data renders every
+    conversation several times, and building one parses the whole tokenizer JSON)."""
+    from tokenizers import Tokenizer as Backend
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Backend.from_str(tokenizer_json)
+    backend.no_padding()
+    backend.no_truncation()
+    known = {name: token for name, token in tokens if backend.token_to_id(token) is not None}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=template, **known)
 
 
 def read_chat_template(tokenizer_file: Path) -> tuple[str | None, dict[str, str]]:
