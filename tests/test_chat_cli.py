@@ -159,3 +159,25 @@ def test_chat_with_no_checkpoint_answers_with_smollm2(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     replies = [line for line in result.stdout.splitlines() if line.startswith("bot> ")]
     assert len(replies) == 2 and "Paris" in replies[0], result.stdout
+
+
+def test_a_char_tokenizer_with_lmlab_template_tokens_chats_in_role_markers() -> None:
+    """A model fine-tuned with task=sft on lmlab's own tokenizer chats in the template it was trained on."""
+    import torch
+
+    from lmlab.models import GPT, GPTConfig
+    from lmlab.tokenizers.char import CharTokenizer
+    from lmlab.tokenizers.templates import TEMPLATE_TOKENS
+
+    tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz ", special_tokens=TEMPLATE_TOKENS)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)).eval()
+    ids = prompt_ids(tokenizer, [Message("user", "hi")])
+    assert tokenizer.decode(ids) == "<|user|>hi<|end|><|assistant|>"
+    config = GenerationConfig(max_new_tokens=20, sampling=SamplingOptions(temperature=1.0), seed=1)
+    session = ChatSession(model, tokenizer, config, context=64)
+    reply = session.send("hi")
+    assert "<|end|>" not in reply and [m.role for m in session.messages] == ["user", "assistant"]
+    plain = CharTokenizer("abc")
+    with pytest.raises(LmlabError, match=r"^chatting needs a chat template, but this checkpoint's tokenizer \(char\)"):
+        prompt_ids(plain, [Message("user", "a")])

@@ -13,30 +13,30 @@ from lmlab.data.conversations import Message
 from lmlab.errors import LmlabError
 from lmlab.generation.text import GenerationConfig, stream_pieces
 from lmlab.tokenizers import Tokenizer
+from lmlab.tokenizers.templates import END_OF_TURN, has_chat_template, render, template_token_ids
 
 log = logging.getLogger("lmlab")
 
 
 def prompt_ids(tokenizer: Tokenizer, messages: Sequence[Message]) -> list[int]:
-    """Token ids of `messages` in the tokenizer's chat template, ending with the opening of the assistant's reply.
-
-    A tokenizer offers a template through `apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-    return_dict=False) -> list[int]` (the Transformers signature): pretrained `hf` tokenizers whose source had one
-    (e.g. SmolLM2-Instruct's GGUF). lmlab's own `char` and `bpe` tokenizers have none.
-    """
+    """Token ids of `messages` in the tokenizer's chat template (lmlab's own role-marker template for char/BPE
+    tokenizers trained with its tokens), ending with the opening of the assistant's reply."""
     require_template(tokenizer)
-    turns = [{"role": m.role, "content": m.content} for m in messages]
-    return list(tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True, return_dict=False))
+    return render(tokenizer, messages, add_generation_prompt=True).ids
 
 
 def require_template(tokenizer: Tokenizer) -> None:
-    """Refuse a tokenizer without a chat template, before any turn is typed."""
-    if not callable(getattr(tokenizer, "apply_chat_template", None)) or not getattr(tokenizer, "chat_template", None):
+    """Refuse a tokenizer that can render no conversation, before any turn is typed."""
+    if has_chat_template(tokenizer):
+        return
+    try:
+        template_token_ids(tokenizer)
+    except LmlabError as err:
         raise LmlabError(
-            f"chatting needs a chat template, but this checkpoint's tokenizer ({tokenizer.kind}) has none; use a "
-            "checkpoint whose tokenizer has one (an instruct model's), or generate plain text: lmlab generate "
-            "without chat=true"
-        )
+            f"chatting needs a chat template, but this checkpoint's tokenizer ({tokenizer.kind}) has none (nor "
+            "lmlab's role-marker tokens, which task=sft adds); use a checkpoint trained with task=sft or an instruct "
+            "model's, or generate plain text: lmlab generate without chat=true"
+        ) from err
 
 
 def chat_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
@@ -46,7 +46,7 @@ def chat_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
 
 def ending_turns(tokenizer: Tokenizer, config: GenerationConfig) -> GenerationConfig:
     """`config`, also stopping at the text that ends the assistant's turn in the tokenizer's template (if any)."""
-    end = getattr(tokenizer, "end_of_turn", None)
+    end = getattr(tokenizer, "end_of_turn", None) if has_chat_template(tokenizer) else END_OF_TURN
     if end and end not in config.stop:
         config = dataclasses.replace(config, stop=[*config.stop, end])
     return config
