@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections import Counter
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from lmlab.data.examples import ExampleDataModule
 from lmlab.data.labeled import LabeledExamples, LabeledSource, LabeledSplits
-from lmlab.data.resumable import TrainingDataModule, fixed_generator
-from lmlab.data.sharding import EvalShardSampler, process_place
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import Tokenizer, TokenizerConfig
 
@@ -81,7 +79,7 @@ def pad_batch(examples: list[tuple[list[int], int]], pad_id: int) -> Batch:
     return ids, mask, torch.tensor([label for _, label in examples], dtype=torch.long)
 
 
-class ClassificationDataModule(TrainingDataModule):
+class ClassificationDataModule(ExampleDataModule):
     """Serves shuffled training batches and ordered validation / test batches of labeled text.
 
     Args:
@@ -149,29 +147,5 @@ class ClassificationDataModule(TrainingDataModule):
         counts = Counter(self.datasets["train"].labels)
         return [counts.get(i, 0) for i in range(len(self.splits.label_names))]
 
-    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
-        self.setup()
-        dataset = self.datasets[name]
-        world_size, rank, _ = process_place(self.trainer)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=self.train_sampler(dataset) if shuffle else EvalShardSampler(dataset, world_size, rank),
-            drop_last=shuffle,
-            generator=fixed_generator(),
-            collate_fn=functools.partial(pad_batch, pad_id=self.pad_id),
-            num_workers=self.num_workers,
-            persistent_workers=shuffle and self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup()
-        if not len(self.datasets["test"]):
-            raise LmlabError(f"{self.source.name} has no test split; set data.source.test_fraction above 0")
-        return self._loader("test", self.eval_batch_size, shuffle=False)
+    def collate(self, rows: list[tuple[list[int], int]]) -> Batch:
+        return pad_batch(rows, pad_id=self.pad_id)

@@ -9,15 +9,13 @@ example each position belongs to, so attention stays inside an example and posit
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lmlab.data.conversations import Conversation, ConversationSource, ConversationSplits
-from lmlab.data.resumable import TrainingDataModule, fixed_generator
-from lmlab.data.sharding import EvalShardSampler, process_place
+from lmlab.data.examples import ExampleDataModule
 from lmlab.data.windows import IGNORE_INDEX
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import Tokenizer, TokenizerConfig
@@ -134,7 +132,7 @@ class PackedRows(Dataset):
         return PackedRows(self.rows[:n])
 
 
-class SFTDataModule(TrainingDataModule):
+class SFTDataModule(ExampleDataModule):
     """Serves supervised fine-tuning batches of conversations: shuffled (resumably) for training, in order for
     validation and test.
 
@@ -207,34 +205,8 @@ class SFTDataModule(TrainingDataModule):
         self.setup()
         return self._tokenizer
 
-    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
-        self.setup()
-        dataset = self.datasets[name]
-        world_size, rank, _ = process_place(self.trainer)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=self.train_sampler(dataset) if shuffle else EvalShardSampler(dataset, world_size, rank),
-            drop_last=shuffle,
-            generator=fixed_generator(),
-            collate_fn=functools.partial(
-                collate_rows, block_size=self.block_size, pad_id=self.pad_id, packing=self.packing
-            ),
-            num_workers=self.num_workers,
-            persistent_workers=shuffle and self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        self.setup()
-        if not len(self.datasets["test"]):
-            raise LmlabError(f"{self.source.name} has no test split; set data.source.test_fraction above 0")
-        return self._loader("test", self.eval_batch_size, shuffle=False)
+    def collate(self, rows: list[Row]) -> dict[str, torch.Tensor]:
+        return collate_rows(rows, block_size=self.block_size, pad_id=self.pad_id, packing=self.packing)
 
 
 def pad_id_for_sft(tokenizer: Tokenizer) -> int:
