@@ -142,3 +142,22 @@ def test_bad_generation_eval_inputs_are_one_line_errors(sft_run, tmp_path, tiny_
     }  # fmt: skip
     for overrides, message in cases.items():
         assert message in one_line_error(eval_cli.evaluate, command("eval", [f"ckpt={run_dir}", *overrides]), capsys)
+
+
+@pytest.mark.gpu
+def test_eval_generate_on_cuda_decodes_on_the_gpu(sft_run, monkeypatch) -> None:
+    """Lightning hands the model back on the CPU after validation; the replies must still be decoded on the GPU."""
+    from lmlab.inference import generation_metrics
+
+    devices = []
+    decode = generation_metrics.greedy_replies
+
+    def recording(model, *args, **kwargs):
+        devices.append(next(model.parameters()).device.type)
+        return decode(model, *args, **kwargs)
+
+    monkeypatch.setattr(generation_metrics, "greedy_replies", recording)
+    run_dir, _ = sft_run
+    overrides = [f"ckpt={run_dir}/checkpoints/last.ckpt", "device=cuda", "generate=true", "max_examples=3"]
+    evaluation = eval_cli.evaluate(command("eval", overrides))
+    assert devices == ["cuda"] and math.isfinite(evaluation.metrics["val/chrf"])

@@ -66,7 +66,7 @@ def evaluate_split(cfg: DictConfig, loaded: LoadedCheckpoint, device: torch.devi
     from lmlab.inference.generation_metrics import evaluate_generation
 
     scores = evaluate_generation(
-        loaded.model,
+        loaded.model.to(device),  # Lightning's validation hands the model back on the CPU
         loaded.tokenizer,
         getattr(datamodule.splits, cfg.split),
         loaded.model_config.block_size,

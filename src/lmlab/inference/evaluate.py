@@ -41,7 +41,7 @@ class Evaluation:
     """What was scored, e.g. {"data": "shakespeare", "split": "val"} or {"text_file": "notes.txt"}."""
     metrics: dict[str, float]
     tokens: int
-    """Tokens scored (language models: predicted tokens; classifiers: tokens read)."""
+    """Tokens scored (language models: predicted targets, SFT data: the replies' only; classifiers: tokens read)."""
     generation: GenerationScores | None = None
     """Replies generated to the split's conversations and their BLEU/chrF (`lmlab eval generate=true`)."""
 
