@@ -1,4 +1,5 @@
-"""`lmlab eval ckpt=RUN [text_file=PATH] [data=...] [split=val]`: score a checkpoint, print a table, write JSON.
+"""`lmlab eval ckpt=RUN [text_file=PATH] [data=...] [split=val] [generate=true]`: score a checkpoint, print a table,
+write JSON.
 
 The scoring is `lmlab.inference.evaluate`; this command only rebuilds the data a config names and prints the result.
 """
@@ -31,7 +32,8 @@ def data_config(cfg: DictConfig, loaded: LoadedCheckpoint) -> DictConfig:
         node = OmegaConf.create(saved)
     with open_dict(node):
         node.block_size = loaded.model_config.block_size  # the model's context, whatever the data config says
-        node.cache_dir = cfg.cache_dir
+        if "cache_dir" in node:  # token caches (LM data); SFT data renders its conversations in memory
+            node.cache_dir = cfg.cache_dir
         node.seed = 0  # only shuffles training windows, which eval does not use
         if cfg.batch_size is not None:
             node.eval_batch_size = cfg.batch_size
@@ -41,18 +43,38 @@ def data_config(cfg: DictConfig, loaded: LoadedCheckpoint) -> DictConfig:
 
 
 def evaluate_split(cfg: DictConfig, loaded: LoadedCheckpoint, device: torch.device) -> Evaluation:
-    """A language model on a split of its data config, the text tokenized with the checkpoint's tokenizer."""
+    """A language model on a split of its data config, the text tokenized with the checkpoint's tokenizer; with
+    `generate=true`, also its greedy replies to the split's conversations (SFT data), scored by BLEU and chrF."""
     from hydra.utils import instantiate
 
-    from lmlab.inference.evaluate import evaluate_windows, split_loader
+    from lmlab.data.conversations import ConversationSplits
+    from lmlab.inference.evaluate import evaluate_windows, split_loader, with_generation
     from lmlab.tokenizers import FixedTokenizerConfig
 
-    if cfg.split not in ("val", "train"):
-        raise LmlabError(f"split={cfg.split!r} is unknown; choose val or train")
+    if cfg.split not in ("val", "test", "train"):
+        raise LmlabError(f"split={cfg.split!r} is unknown; choose val, test or train")
     datamodule = instantiate(data_config(cfg, loaded), _partial_=True)(tokenizer=FixedTokenizerConfig(loaded.tokenizer))
     datamodule.setup()
-    source = {"data": datamodule.corpus.name, "split": cfg.split}
-    return evaluate_windows(loaded, split_loader(datamodule, cfg.split), source, device)
+    if cfg.generate and not isinstance(getattr(datamodule, "splits", None), ConversationSplits):
+        raise LmlabError("generate=true replies to conversations; evaluate a checkpoint trained with task=sft (or give "
+                         "SFT data=...), or drop generate=true")  # fmt: skip
+    named = getattr(datamodule, "corpus", None) or datamodule.source
+    source = {"data": named.name, "split": cfg.split}
+    evaluation = evaluate_windows(loaded, split_loader(datamodule, cfg.split), source, device)
+    if not cfg.generate:
+        return evaluation
+    from lmlab.inference.generation_metrics import evaluate_generation
+
+    scores = evaluate_generation(
+        loaded.model.to(device),  # Lightning's validation hands the model back on the CPU
+        loaded.tokenizer,
+        getattr(datamodule.splits, cfg.split),
+        loaded.model_config.block_size,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size or datamodule.eval_batch_size,
+        max_examples=cfg.max_examples,
+    )
+    return with_generation(evaluation, scores, cfg.split)
 
 
 def evaluate_labeled_split(cfg: DictConfig, loaded: LoadedCheckpoint) -> Evaluation:
@@ -83,6 +105,9 @@ def print_evaluation(loaded: LoadedCheckpoint, evaluation: Evaluation, written: 
     console = Console(soft_wrap=True)
     console.print(f"{loaded.path} on {where}", markup=False, highlight=False)
     console.print(table)
+    if evaluation.generation is not None:
+        for name, signature in evaluation.generation.signatures.items():
+            console.print(f"{name} signature: {signature}", markup=False, highlight=False)
     console.print(f"written: {written}", markup=False, highlight=False)
 
 
@@ -92,9 +117,11 @@ def evaluate(cfg: DictConfig) -> Evaluation:
     from lmlab.compute.hardware import pick_device
     from lmlab.inference.evaluate import evaluate_file, is_classifier, write_evaluation
 
-    for key in ("batch_size", "max_tokens"):
+    for key in ("batch_size", "max_tokens", "max_examples", "max_new_tokens"):
         if cfg[key] is not None and int(cfg[key]) < 1:
             raise LmlabError(f"{key}={cfg[key]} must be a positive integer (or null for the default)")
+    if cfg.generate and cfg.text_file is not None:
+        raise LmlabError("generate=true replies to a split's conversations, not a text_file; drop one of the two")
     device = pick_device(str(cfg.device))
     loaded = load_checkpoint(cfg.ckpt, device)
     classifier = is_classifier(loaded)
@@ -102,6 +129,8 @@ def evaluate(cfg: DictConfig) -> Evaluation:
     if cfg.text_file is not None:
         evaluation = evaluate_file(loaded, cfg.text_file, device, cfg.batch_size or 64, cfg.max_tokens)
     elif classifier:
+        if cfg.generate:
+            raise LmlabError("a classifier generates no text; drop generate=true")
         evaluation = evaluate_labeled_split(cfg, loaded)
     else:
         evaluation = evaluate_split(cfg, loaded, device)

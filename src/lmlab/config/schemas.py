@@ -120,6 +120,9 @@ class EvalSchema:
     split: str = MISSING
     batch_size: int | None = MISSING
     max_tokens: int | None = MISSING
+    generate: bool = MISSING
+    max_examples: int | None = MISSING
+    max_new_tokens: int = MISSING
     device: str = MISSING
     cache_dir: str = MISSING
 

@@ -12,7 +12,7 @@ import json
 import logging
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from lmlab.errors import LmlabError
 from lmlab.io import atomic_write_text
 
 if TYPE_CHECKING:
+    from lmlab.inference.generation_metrics import GenerationScores
     from lmlab.tasks import ModelTask
     from lmlab.tokenizers import Tokenizer
 
@@ -40,7 +41,13 @@ class Evaluation:
     """What was scored, e.g. {"data": "shakespeare", "split": "val"} or {"text_file": "notes.txt"}."""
     metrics: dict[str, float]
     tokens: int
-    """Tokens scored (language models: predicted tokens; classifiers: tokens read)."""
+    """Tokens scored (language models: predicted targets, SFT data: the replies' only; classifiers: tokens read)."""
+    generation: GenerationScores | None = None
+    """Replies generated to the split's conversations and their BLEU/chrF (`lmlab eval generate=true`)."""
+
+
+EXAMPLE_ROWS = 5
+"""Generated replies (prompt, hypothesis, reference) written into the eval JSON, to read beside the numbers."""
 
 
 def task_class(loaded: LoadedCheckpoint) -> type:
@@ -110,11 +117,21 @@ def evaluate_windows(
 ) -> Evaluation:
     """A language model's metrics on the token windows of `loader` (causal: loss, perplexity, bits per byte; masked:
     masked-token loss and accuracy)."""
-    dataset = loader.dataset
-    tokens = getattr(dataset, "scored_tokens", len(dataset) * loaded.model_config.block_size)  # type: ignore[arg-type]
+    tokens = getattr(loader.dataset, "scored_tokens", None)
+    tokens = count_targets(loader) if tokens is None else tokens
     if tokens == 0:
         raise LmlabError(f"nothing to evaluate in {source}; give more text")
     return Evaluation(source=source, metrics=validate(build_eval_task(loaded), loader, device), tokens=tokens)
+
+
+def count_targets(loader: DataLoader) -> int:
+    """Targets the loader's batches score (>= 0; `IGNORE_INDEX` marks the rest): batches are `(x, y)` or dicts with
+    `targets` (SFT rows, where only the replies count)."""
+    total = 0
+    for batch in loader:
+        targets = batch["targets"] if isinstance(batch, dict) else batch[1]  # (B, T)
+        total += int((targets >= 0).sum())
+    return total
 
 
 def text_file_windows(
@@ -165,16 +182,33 @@ def warn_unknown_characters(file: Path, text: str, tokenizer: Tokenizer) -> None
         )
 
 
+def eval_splits(datamodule: Any) -> list[str]:
+    """The splits of a DataModule that eval can score: val, test when it has its own test loader (SFT data), train
+    when it serves the training tokens (LM data)."""
+    import pytorch_lightning as pl
+
+    has_test = type(datamodule).test_dataloader is not pl.LightningDataModule.test_dataloader
+    return ["val", *(["test"] if has_test else []), *(["train"] if hasattr(datamodule, "train_ids") else [])]
+
+
 def split_loader(datamodule: Any, split: str) -> DataLoader:
-    """The `val` or `train` windows of a set-up LM DataModule (train: capped at its `max_val_tokens`)."""
+    """The `val`, `test` or `train` batches of a set-up DataModule (train: LM windows capped at `max_val_tokens`)."""
+    if split not in (splits := eval_splits(datamodule)):
+        raise LmlabError(f"split={split!r} is unknown; choose {' or '.join(splits)}")
     if split == "val":
         return datamodule.val_dataloader()
-    if split != "train":
-        raise LmlabError(f"split={split!r} is unknown; choose val or train")
+    if split == "test":
+        return datamodule.test_dataloader()
     max_tokens = datamodule.max_val_tokens
     max_windows = None if max_tokens is None else max(1, max_tokens // datamodule.block_size)
     windows = TokenWindows(datamodule.train_ids(), datamodule.block_size, max_windows=max_windows)
     return DataLoader(windows, batch_size=datamodule.eval_batch_size)
+
+
+def with_generation(evaluation: Evaluation, scores: GenerationScores, split: str) -> Evaluation:
+    """`evaluation` with the replies' BLEU and chrF added as `<split>/bleu` and `<split>/chrf`."""
+    metrics = evaluation.metrics | {f"{split}/bleu": scores.bleu, f"{split}/chrf": scores.chrf}
+    return Evaluation(evaluation.source, metrics, evaluation.tokens, scores)
 
 
 def evaluate_labeled(
@@ -213,7 +247,7 @@ def evaluate_file(
 def write_evaluation(loaded: LoadedCheckpoint, evaluation: Evaluation) -> Path:
     """Write the evaluation to `<checkpoint stem>.eval.json` beside the checkpoint; return its path."""
     out = loaded.path.with_name(f"{loaded.path.stem}.eval.json")
-    result = {
+    result: dict[str, Any] = {
         "checkpoint": str(loaded.path),
         "step": loaded.global_step,
         "model": loaded.model_config.family,
@@ -222,6 +256,12 @@ def write_evaluation(loaded: LoadedCheckpoint, evaluation: Evaluation) -> Path:
         "tokens": evaluation.tokens,
         "metrics": evaluation.metrics,
     }
+    if (scores := evaluation.generation) is not None:
+        result["generation"] = {
+            "replies": len(scores.examples),
+            "signatures": scores.signatures,
+            "examples": [asdict(e) for e in scores.examples[:EXAMPLE_ROWS]],
+        }
     try:
         atomic_write_text(out, json.dumps(result, indent=2))
     except OSError as err:

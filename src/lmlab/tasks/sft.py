@@ -80,7 +80,10 @@ class SFTTask(CausalLMTask):
         self.log_train_loss(loss)
         return loss
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch | tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """Score SFT rows, or (x, y) windows of plain text (`lmlab eval text_file=...` on an SFT checkpoint)."""
+        if not isinstance(batch, dict):
+            return super().validation_step(batch, batch_idx)
         self.update_val_metrics(self(batch["ids"], batch.get("segments")), batch["targets"])
 
 
