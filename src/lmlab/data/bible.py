@@ -45,7 +45,7 @@ of them recurs word for word in another book (Joshua and Judges share verses, Ez
 TEST_BOOKS = ("Esther", "Hebrews")
 """Held out for testing: 167 + 303 = 470 verses (1.5 %), narrative (OT) and a letter (NT), no verse shared either."""
 
-# The KJV module leaves 26 USFM `\nd` (name of God) markers in the text that `clean=True` does not remove.
+# The KJV module leaves 27 USFM `\nd` (name of God) markers in the text that `clean=True` does not remove.
 USFM_MARKER = re.compile(r"\\[a-z]+\*?")
 
 
@@ -165,7 +165,7 @@ def book_verses(sword_dir: str, module: str, book: str) -> tuple[str, ...]:
 
 
 def clean_verse(text: str) -> str:
-    """A verse without markup leftovers, the leading paragraph mark `¶` and runs of spaces."""
+    """A verse without markup leftovers, paragraph marks `¶` (they lead 2,970 KJV verses) and runs of spaces."""
     return " ".join(USFM_MARKER.sub("", text).replace("¶", " ").split())
 
 
