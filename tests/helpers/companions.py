@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmlab.tokenizers import BPETokenizerConfig
+from tests.helpers.bible import require_bible
 from tests.helpers.classification import classification_companions
 from tests.helpers.hf import jsonl_folder, save_tiny_causal
 from tests.helpers.sft import TINY_SFT, chat_jsonl
@@ -28,6 +29,9 @@ def companions(group: str, option: str, tmp_path: Path, corpus: Path) -> list[st
         return ["task=sft", f"data.source.train={chat_jsonl(tmp_path / 'chats.jsonl')}"]
     if (group, option) == ("data", "chatterbot"):
         return ["task=sft"]
+    if (group, option) == ("data", "bible_parallel"):
+        require_bible()  # skips, naming the apt-get / pip command, where the Bibles are not installed
+        return ["task=sft", "data.source.max_pairs=64", "model.block_size=256"]  # verses are ~130 characters
     if (group, option) == ("data", "hf_dataset"):
         return [f"data.corpus.path={jsonl_folder(tmp_path / 'dataset', corpus.read_text().splitlines())}"]
     if (group, option) == ("tokenizer", "hf"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lmlab.data.bible import BibleParallel
 from lmlab.data.cache import TokenSplits, build_token_cache, load_token_cache, split_text
 from lmlab.data.classification import ClassificationDataModule, pad_batch
 from lmlab.data.conversation_files import read_conversations
@@ -22,6 +23,7 @@ from lmlab.data.sft import SFTDataModule
 from lmlab.data.windows import TokenWindows
 
 __all__ = [
+    "BibleParallel",
     "Chatterbot",
     "ClassificationDataModule",
     "ConversationFiles",
