@@ -105,6 +105,16 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (w / "export_done").mkdir()
     (w / "export_done" / "config.json").write_text("{}", encoding="utf-8")  # an earlier export
     (w / "predictions.csv").write_text("text,label\nkept,pos\n", encoding="utf-8")
+    good = '{"prompt": "hi", "completion": "hello"}\n'
+    for name, text in {
+        "chat_bad_json.jsonl": good + '{"prompt": "hi", \n',
+        "chat_no_reply.jsonl": '{"messages": [{"role": "user", "content": "hi"}, '
+        '{"role": "assistant", "content": "o"}]}'
+        '\n{"messages": [{"role": "user", "content": "hi"}]}\n',
+        "chat_bad_role.jsonl": '{"messages": [{"role": "robot", "content": "hi"}]}\n',
+        "chat_unknown.jsonl": '{"question": "hi", "answer": "hello"}\n',
+    }.items():
+        (w / name).write_text(text, encoding="utf-8")
     return w
 
 
@@ -118,6 +128,12 @@ def train(w: Path, *overrides: str, data: str | None = None) -> list[str]:
             "model.n_embd=16", "model.block_size=16", "trainer.max_steps=2", "trainer.val_check_interval=1",
             "logger=csv", "callbacks=none", "sample.max_new_tokens=4", f"paths.cache_dir={w}/cache",
             f"hydra.run.dir={w}/runs/{next(RUN_NUMBER)}", *overrides]  # fmt: skip
+
+
+def sft(w: Path, conversations: str, *overrides: str) -> list[str]:
+    """`lmlab train task=sft` on a conversation file of the workspace, tiny sizes."""
+    return [*train(w, *overrides)[:1], "task=sft", "data=chat_jsonl", f"data.source.train={w}/{conversations}",
+            *train(w, *overrides)[3:]]  # fmt: skip
 
 
 # --- the table -------------------------------------------------------------------------------------------------------
@@ -190,6 +206,17 @@ ROWS = [
     ),
     # train: data files
     Bad("train-missing-file", lambda w: train(w, data=f"{w}/nope.txt"), r"nope\.txt does not exist"),
+    # task=sft: conversation files
+    Bad("sft-malformed-json", lambda w: sft(w, "chat_bad_json.jsonl"), r"line 2 of .*chat_bad_json\.jsonl is not JSON"),
+    Bad("sft-no-assistant-turn", lambda w: sft(w, "chat_no_reply.jsonl"), r"line 2 of .*chat_no_reply.*no assistant"),
+    Bad("sft-unknown-role", lambda w: sft(w, "chat_bad_role.jsonl"), r"chat_bad_role\.jsonl.*'robot'; use one of"),
+    Bad("sft-unknown-format", lambda w: sft(w, "chat_unknown.jsonl"), r"chat_unknown\.jsonl is of no known"),
+    Bad("sft-missing-file", lambda w: sft(w, "nope.jsonl"), r"nope\.jsonl"),
+    Bad(
+        "sft-unknown-language",
+        lambda w: [*sft(w, "x")[:2], "data=chatterbot", "data.source.language=klingon", *sft(w, "x")[4:]],
+        r"klingon",
+    ),  # fmt: skip
     Bad("train-empty-file", lambda w: train(w, data=f"{w}/empty.txt"), r"0 tokens, fewer than block_size"),
     Bad("train-binary-file", lambda w: train(w, data=f"{w}/binary.bin"), r"binary\.bin", slow=True),
     Bad("train-non-utf8-file", lambda w: train(w, data=f"{w}/latin1.txt"), r"latin1\.txt .*UTF-8"),
