@@ -216,7 +216,7 @@ ROWS = [
         "sft-unknown-language",
         lambda w: [*sft(w, "x")[:2], "data=chatterbot", "data.source.language=klingon", *sft(w, "x")[4:]],
         r"klingon",
-    ),  # fmt: skip
+    ),
     Bad("train-empty-file", lambda w: train(w, data=f"{w}/empty.txt"), r"0 tokens, fewer than block_size"),
     Bad("train-binary-file", lambda w: train(w, data=f"{w}/binary.bin"), r"binary\.bin", slow=True),
     Bad("train-non-utf8-file", lambda w: train(w, data=f"{w}/latin1.txt"), r"latin1\.txt .*UTF-8"),
