@@ -209,7 +209,8 @@ def test_eval_scores_a_labeled_file_and_the_test_split(gpt_classifier, tmp_path:
 
     run_dir, metrics = gpt_classifier
     base = {"ckpt": str(run_dir / "checkpoints" / "last.ckpt"), "text_file": None, "split": "test", "data": None,
-            "batch_size": None, "max_tokens": None, "device": "cpu", "cache_dir": str(tmp_path)}  # fmt: skip
+            "batch_size": None, "max_tokens": None, "device": "cpu", "cache_dir": str(tmp_path), "generate": False,
+            "max_examples": 200, "max_new_tokens": 128}  # fmt: skip
     on_split = evaluate(OmegaConf.create(base))
     assert on_split.metrics["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)  # the same final weights
     labeled = labeled_csv(tmp_path, 10)
