@@ -45,7 +45,7 @@ def run_stage(name: str, overrides: list[str], out: Path, extra: list[str]) -> f
     try:
         args = [o.format(**known) for o in overrides] + extra
     except KeyError as err:
-        sys.exit(f"{name} needs the run {err} in {out}; run its recipe first (--recipes gpt_pretrain)")
+        sys.exit(f"{name} needs the run {err} in {out}; run the recipe that makes it first")
     args += [f"hydra.run.dir={run_dir}", "logger=csv"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     print(f"$ lmlab train {' '.join(args)}", flush=True)

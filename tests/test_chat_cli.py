@@ -181,3 +181,14 @@ def test_a_char_tokenizer_with_lmlab_template_tokens_chats_in_role_markers() -> 
     plain = CharTokenizer("abc")
     with pytest.raises(LmlabError, match=r"^chatting needs a chat template, but this checkpoint's tokenizer \(char\)"):
         prompt_ids(plain, [Message("user", "a")])
+
+
+def test_an_sft_checkpoint_chats_and_a_classifier_does_not(tmp_path: Path) -> None:
+    """SFTTask is a causal LM task (a subclass), so its checkpoints generate; other tasks are refused by name."""
+    from lmlab.cli.generate import load_language_model
+
+    sft = write_chat_checkpoint(tmp_path / "sft.ckpt", run_config={"task": {"_target_": "lmlab.tasks.SFTTask"}})
+    assert load_language_model(str(sft), "cpu").task_target == "lmlab.tasks.SFTTask"
+    masked = write_chat_checkpoint(tmp_path / "mlm.ckpt", run_config={"task": {"_target_": "lmlab.tasks.MaskedLMTask"}})
+    with pytest.raises(LmlabError, match=r"was trained by MaskedLMTask, not as a language model"):
+        load_language_model(str(masked), "cpu")

@@ -205,9 +205,9 @@ def test_yaml_turns_become_stripped_text(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("language", "conversations", "messages", "first"),
     [
-        ("english", 2025, 4331, ("What is AI?", "Artificial Intelligence is the branch of engineering and science "
+        ("english", 898, 2077, ("What is AI?", "Artificial Intelligence is the branch of engineering and science "
                                  "devoted to constructing machines that think.")),
-        ("chinese", 467, 1019, ("什么是ai", "人工智能是工程和科学的分支,致力于构建具有思维的机器。")),
+        ("chinese", 465, 1015, ("什么是ai", "人工智能是工程和科学的分支,致力于构建具有思维的机器。")),
     ],
 )  # fmt: skip
 def test_chatterbot_counts_and_first_conversation(
@@ -225,6 +225,7 @@ def test_chatterbot_counts_and_first_conversation(
     assert sum(map(len, parts)) == conversations and len(splits.test) == round(conversations * 0.1)
     assert Chatterbot(language).load() == splits
     assert Chatterbot(language, seed=1).load().test != splits.test
+    assert not set(splits.train) & (set(splits.val) | set(splits.test))  # no conversation both learned and scored
 
 
 @needs_chatterbot
@@ -232,7 +233,7 @@ def test_chatterbot_logs_the_one_turn_conversations_it_skips(caplog: pytest.LogC
     chatterbot_conversations.cache_clear()  # the log line comes with the first read
     with caplog.at_level(logging.INFO, logger="lmlab.data.conversation_sources"):
         chatterbot_conversations("english")
-    assert "skipped 1 one-turn Chatterbot english conversations" in caplog.text
+    assert "Chatterbot english: skipped 1 one-turn conversations (no reply) and 1127 exact repeats" in caplog.text
 
 
 @needs_chatterbot

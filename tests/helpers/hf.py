@@ -29,6 +29,21 @@ def save_tiny_causal(folder: Path, text: str) -> Path:
     return folder
 
 
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<pad>{{ m['role'] }}\n{{ m['content'] }}<|endoftext|>{% endfor %}"
+    "{% if add_generation_prompt %}<pad>assistant\n{% endif %}"
+)
+"""A chat template in the special tokens of `save_tiny_causal`'s tokenizer (SmolLM2's shape: role, newline, text)."""
+
+
+def save_tiny_chat_causal(folder: Path, text: str) -> Path:
+    """`save_tiny_causal` with a chat template beside its tokenizer (a stand-in for an instruct model)."""
+    save_tiny_causal(folder, text)
+    settings = {"chat_template": CHAT_TEMPLATE, "eos_token": "<|endoftext|>"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings), encoding="utf-8")
+    return folder
+
+
 def jsonl_folder(folder: Path, rows: list[str] = ROWS, column: str = "text") -> Path:
     """A folder holding one JSON Lines data file, as `datasets.load_dataset(folder)` reads it."""
     folder.mkdir(parents=True, exist_ok=True)

