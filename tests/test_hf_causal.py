@@ -147,3 +147,41 @@ def test_smollm2_lora_trains_about_two_percent() -> None:
     # r=8 on 30 blocks: q, o (576 -> 576), k, v (576 -> 192), gate, up (576 -> 1536), down (1536 -> 576)
     per_block = 8 * (2 * (576 + 576) + 2 * (576 + 192) + 3 * (576 + 1536))
     assert trainable == 30 * per_block and model.num_parameters() == 134_515_008 + trainable
+
+
+def test_forward_cached_gives_forward_logits_with_left_padding(tiny_causal: Path) -> None:
+    model = HFCausal(HFCausalConfig(name_or_path=str(tiny_causal), block_size=16)).eval()
+    idx = torch.randint(3, 300, (3, 12), generator=torch.Generator().manual_seed(0))
+    pad = torch.tensor([3, 0, 1])
+    with torch.no_grad():
+        logits, cache = model.forward_cached(idx[:, :6], model.new_cache(3, pad))  # prefill
+        steps = [logits]
+        for t in range(6, 12):
+            logits, cache = model.forward_cached(idx[:, t : t + 1], cache, last_only=True)
+            steps.append(logits)
+        got = torch.cat(steps, dim=1)  # (B, 12, V)
+        for row in range(3):
+            expected = model(idx[row : row + 1, pad[row] :])[0]
+            torch.testing.assert_close(got[row, pad[row] :], expected, rtol=1e-4, atol=1e-5)
+    assert cache.length == 12
+    with pytest.raises(LmlabError, match=r"exceed model\.block_size=16"):
+        model.forward_cached(idx[:, :5], cache)
+
+
+def test_greedy_generation_with_the_cache_equals_the_plain_loop(tiny_causal: Path) -> None:
+    from lmlab.generation.decoding import KVCacheDecoder, decode_steps, make_decoder
+    from lmlab.generation.sampling import SamplingOptions
+
+    model = HFCausal(HFCausalConfig(name_or_path=str(tiny_causal), block_size=16))
+    with torch.no_grad():
+        for p in model.parameters():  # larger weights, so greedy decoding does not repeat one token
+            p.normal_(0.0, 0.3) if p.dim() > 1 else None
+    assert isinstance(make_decoder(model, 16, torch.zeros(2, dtype=torch.long)), KVCacheDecoder)
+    prompts, greedy = [[5, 6, 7], [9, 10, 11, 12, 13, 14, 15]], SamplingOptions(temperature=0.0)
+
+    def decode(use_cache: bool) -> list[list[int]]:
+        return torch.stack(list(decode_steps(model, prompts, 20, 16, greedy, None, use_cache)), 1).tolist()
+
+    cached = decode(True)  # 7 + 20 tokens run past block_size=16: the cache is rebuilt from the window
+    assert cached == decode(False)
+    assert len({t for row in cached for t in row}) > 5

@@ -3,10 +3,10 @@
 A decoder maps the token matrix so far (B, S), prompts left-padded, to the next-token logits (B, V); it remembers
 what it has already computed, so each step feeds it only the new column. Three kinds:
 
-- `KVCacheDecoder` for models with `new_cache` / `forward_cached` (lmlab's GPT): prefill the prompts once, then one
-  token per step. When a sequence outgrows `block_size` the cache is rebuilt from the last `block_size` tokens every
-  step (a prefill of the window), so the output equals the windowed loop token for token, as nanoGPT's `generate`
-  crops; past `block_size` the cache saves nothing.
+- `KVCacheDecoder` for models with `new_cache` / `forward_cached` (lmlab's GPT, `HFCausal`): prefill the prompts
+  once, then one token per step. When a sequence outgrows `block_size` the cache is rebuilt from the last
+  `block_size` tokens every step (a prefill of the window), so the output equals the windowed loop token for token,
+  as nanoGPT's `generate` crops; past `block_size` the cache saves nothing.
 - `RecurrentDecoder` for the LSTM: its state carries the whole history, so the context is never cropped.
 - `WindowDecoder` for any other causal model (n-gram, ...): the model sees the last `block_size` tokens each step.
 """

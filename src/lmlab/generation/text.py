@@ -107,7 +107,7 @@ class GenerationConfig:
     seed: int = 0
     """Sample `s` of every prompt draws from seed + s, so the same seed gives the same text, batched or not."""
     use_cache: bool = True
-    """KV cache (GPT) or carried state (LSTM); False runs the plain windowed loop."""
+    """KV cache (GPT, hf_causal) or carried state (LSTM); False runs the plain windowed loop."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:

@@ -21,6 +21,20 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 @dataclass
+class HFCache:
+    """A transformers model's KV cache (`DynamicCache`) with lmlab's cache contract (see `layers.KVCache`): row `b`
+    starts with `pad[b]` padding columns that are never attended to; `length` columns are filled so far."""
+
+    past: Any
+    """transformers' cache object; None before the first call."""
+    pad: torch.Tensor
+    """(B,) leading padding columns of each row."""
+    capacity: int
+    """The model's block_size: a sequence never outgrows it (the decoder crops and prefills anew)."""
+    length: int = 0
+
+
+@dataclass
 class HFCausalConfig:
     """Which causal LM to load and how to fine-tune it; the architecture comes from its config (or GGUF header)."""
 
@@ -96,6 +110,31 @@ class HFCausal(nn.Module):
         out = self.model(input_ids=idx, attention_mask=packed.mask, position_ids=packed.positions, use_cache=False)
         return out.logits[..., : self.config.vocab_size]  # (B, T, vocab_size)
 
+    def new_cache(self, batch_size: int, pad: torch.Tensor) -> HFCache:
+        """An empty KV cache for `batch_size` rows, `pad` (B,) of them leading padding, for `forward_cached`."""
+        return HFCache(past=None, pad=pad.to(torch.long).reshape(batch_size), capacity=self.config.block_size)
+
+    def forward_cached(
+        self, idx: torch.Tensor, cache: HFCache, last_only: bool = False
+    ) -> tuple[torch.Tensor, HFCache]:
+        """Logits (B, T, vocab_size) of ids (B, T) that follow the `cache.length` tokens already in `cache`, through
+        transformers' own cache: the padding columns are masked out by a 2D attention mask and positions count from
+        each row's first real token, so the logits equal `forward` on each unpadded row. `last_only`: (B, 1, V)."""
+        start, T = cache.length, idx.size(1)
+        if start + T > cache.capacity:
+            raise LmlabError(
+                f"{start} cached + {T} new tokens exceed model.block_size={cache.capacity}; crop the context and "
+                "prefill a new cache"
+            )
+        columns = torch.arange(start + T, device=idx.device)  # (S,) every column so far
+        attention_mask = (columns[None, :] >= cache.pad[:, None]).long()  # (B, S): 0 on padding
+        positions = (columns[None, start:] - cache.pad[:, None]).clamp(min=0)  # (B, T)
+        name = _cache_argument()
+        out = self.model(input_ids=idx, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1 if last_only else 0, **{name: cache.past})  # fmt: skip
+        cache.past, cache.length = getattr(out, name), start + T
+        return out.logits[..., : self.config.vocab_size], cache  # (B, T or 1, vocab_size)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -110,6 +149,13 @@ class HFCausal(nn.Module):
         """The plain transformers model, LoRA adapters merged in (this modifies the wrapped model)."""
         model = self.model
         return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def _cache_argument() -> str:
+    """transformers' name for the KV cache, in and out of a model call: `cache` (5.x), `past_key_values` before."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def _looks_like_path(name: str) -> bool:
