@@ -171,9 +171,9 @@ ROWS = [
     ),
     Bad("train-zero-batch", lambda w: train(w, "data.batch_size=0"), r"data\.batch_size=0 must be a positive"),
     Bad(
-        "train-zero-steps",
-        lambda w: train(w, "trainer.max_steps=0"),
-        r"trainer\.max_steps=0 must be positive",
+        "train-negative-steps",  # 0 trains nothing (the starting model, validated and saved); -1: max_epochs
+        lambda w: train(w, "trainer.max_steps=-2"),
+        r"trainer\.max_steps=-2 must be positive, 0 \(no training",
         slow=True,
     ),
     Bad(

@@ -109,3 +109,34 @@ def test_every_model_and_tokenizer_trains_a_few_steps(tmp_path, tiny_corpus, ove
     summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
     assert summary["parameters"] > 0 and summary["metrics"]["val/loss"] == metrics["val/loss"]
     assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_zero_steps_validate_and_save_the_starting_model(tmp_path, tiny_corpus) -> None:
+    """`trainer.max_steps=0` trains nothing: the pretrained model (with LoRA adapters, whose B matrices start at zero)
+    is validated and saved as `last.ckpt`, which gives the pretrained model's own logits: a zero-shot baseline that
+    `lmlab eval` takes like any run."""
+    from transformers import AutoModelForCausalLM
+
+    from lmlab.checkpoints.load import load_checkpoint
+    from tests.helpers.compose import compose_train
+    from tests.helpers.hf import save_tiny_causal
+
+    folder = save_tiny_causal(tmp_path / "tiny_causal", tiny_corpus.read_text())
+    cfg = compose_train(
+        tmp_path,
+        ["model=hf_causal", f"model.name_or_path={folder}", "model.lora=true", "tokenizer=hf",
+         f"tokenizer.name_or_path={folder}", "data=text_files", f"data.corpus.paths=[{tiny_corpus}]",
+         "trainer.max_steps=0"],
+    )  # fmt: skip
+    metrics = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 0 and math.isfinite(metrics["val/loss"])
+    assert summary["metrics"]["val/loss"] == metrics["val/loss"]
+    loaded = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert loaded.model_config.lora and loaded.run_config["trainer"]["max_steps"] == 0
+    ids = torch.tensor([loaded.tokenizer.encode("First Citizen:\nBefore we proceed")])  # (1, T)
+    pretrained = AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        expected = pretrained(input_ids=ids).logits[..., : loaded.tokenizer.vocab_size]
+        assert torch.allclose(loaded.model(ids), expected, atol=1e-6)

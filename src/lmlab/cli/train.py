@@ -155,14 +155,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("initial_validation"):
         trainer.validate(task, datamodule=datamodule, verbose=False)  # logged at step 0
     started = time.perf_counter()
-    with exit_on_interrupt(interrupt, run_dir):  # never unpickle code from a checkpoint: weights_only
-        trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from or cfg.get("ckpt_path"), weights_only=True)
+    if cfg.trainer.max_steps != 0:  # 0: no training (e.g. the zero-shot baseline of a fine-tuning recipe)
+        with exit_on_interrupt(interrupt, run_dir):  # never unpickle code from a checkpoint: weights_only
+            trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from or cfg.get("ckpt_path"), weights_only=True)
     fit_seconds = time.perf_counter() - started
     perf = performance(trainer)  # tokens/s and MFU of the training steps, peak memory
     if trainer.fast_dev_run:
         return {}
     if task.last_val_step != trainer.global_step:
         trainer.validate(task, datamodule=datamodule, verbose=False)  # the budget ended between evaluations
+    if cfg.trainer.max_steps == 0:
+        save_starting_model(trainer, run_dir)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
     if cfg.get("test"):  # the final weights on the held-out test split
         metrics |= {k: float(v) for k, v in trainer.test(task, datamodule=datamodule, verbose=False)[0].items()}
@@ -176,6 +179,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         print_run_summary(run_dir, metrics, trainer.checkpoint_callback, sample, perf)
         write_summary(run_dir, task, datamodule, metrics, fit_seconds, perf)
     return metrics
+
+
+def save_starting_model(trainer: pl.Trainer, run_dir: Path) -> Path:
+    """`trainer.max_steps=0`: the model as it starts (pretrained, `task.init_from`'s, or freshly initialised) saved
+    as the run's `last.ckpt`, so that `lmlab eval`, `generate` and `chat` take it like any run's."""
+    callback = trainer.checkpoint_callback
+    folder = Path(callback.dirpath) if callback is not None and callback.dirpath else run_dir / "checkpoints"
+    path = folder / "last.ckpt"
+    trainer.save_checkpoint(path, weights_only=False)  # with the callbacks' metadata: tokenizer, run config
+    log.info("trainer.max_steps=0: nothing trained; the starting model is saved as %s", path)
+    return path
 
 
 @reports_errors

@@ -332,8 +332,9 @@ def check_run_config(config: Mapping[str, Any]) -> None:
             raise LmlabError(f"data.{name}={value!r} must be a positive integer; e.g. data.{name}=8")
     trainer = config.get("trainer") or {}
     steps = trainer.get("max_steps")
-    if isinstance(steps, int) and (steps == 0 or steps < -1):
-        raise LmlabError(f"trainer.max_steps={steps} must be positive (or -1: max_epochs); e.g. trainer.max_steps=100")
+    if isinstance(steps, int) and steps < -1:
+        raise LmlabError(f"trainer.max_steps={steps} must be positive, 0 (no training: the starting model validated "
+                         "and saved) or -1 (max_epochs); e.g. trainer.max_steps=100")  # fmt: skip
     interval = trainer.get("val_check_interval")
     if isinstance(interval, int | float) and not isinstance(interval, bool) and interval <= 0:
         raise LmlabError(f"trainer.val_check_interval={interval} must be positive; e.g. trainer.val_check_interval=100")
