@@ -16,7 +16,10 @@ log = logging.getLogger(__name__)
 
 
 def batch_shape(batch: Any) -> tuple[int, int]:
-    """(sequences, tokens) of a batch whose first tensor holds token ids (B, T): a tuple, list, dict or tensor."""
+    """(sequences, tokens) of a batch whose first tensor holds token ids (B, T): a tuple, list, dict or tensor; a
+    dict's `n_tokens` (SFT rows) counts only its real tokens, so padding is not throughput."""
+    if isinstance(batch, dict) and "n_tokens" in batch:
+        return batch["ids"].size(0), int(batch["n_tokens"])
     first = batch
     while not isinstance(first, torch.Tensor):
         first = next(iter(first.values())) if isinstance(first, dict) else first[0]
