@@ -78,12 +78,17 @@ def test_bench_train_gpu_mode_times_plain_and_hf_on_the_same_batches(tmp_path: P
     assert "torch_compile=True" not in out  # lmlab did not compile, so HF is timed only as it ships
 
 
-def fake_sft_run(folder: Path, val_losses: dict[int, float], wall_seconds: float) -> None:
-    """A finished run: `csv/metrics.csv` with these validation losses by step, `summary.json` with the last."""
+def fake_sft_run(folder: Path, val_losses: dict[int, float], wall_seconds: float, padding: float | None) -> None:
+    """A finished run: `csv/metrics.csv` with these validation losses by step, `summary.json` with the last, its
+    padding fraction (SFT data) and a throughput."""
     (folder / "csv").mkdir(parents=True)
     rows = "".join(f"{step},{loss}\n" for step, loss in val_losses.items())
     (folder / "csv" / "metrics.csv").write_text("step,val/loss\n" + rows)
-    summary = {"metrics": {"val/loss": list(val_losses.values())[-1]}, "steps": max(val_losses) + 1}
+    summary = {
+        "metrics": {"val/loss": list(val_losses.values())[-1]},
+        "steps": max(val_losses) + 1,
+        "perf": {"tokens_per_sec": 12345.6},
+    } | ({} if padding is None else {"padding_fraction": padding})
     (folder / "summary.json").write_text(json.dumps(summary))
     (folder / "wall_seconds.txt").write_text(f"{wall_seconds}\n")
 
@@ -91,14 +96,14 @@ def fake_sft_run(folder: Path, val_losses: dict[int, float], wall_seconds: float
 def test_sft_results_reports_the_drop_from_the_initial_validation(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.syspath_prepend(str(SCRIPTS))  # it imports run_stage from finetune_results, as a script does
     results = load_script("sft_results")
-    fake_sft_run(tmp_path / "chat_gpt_chatterbot_zh", {0: 8.0, 39: 6.5, 79: 6.0}, 90)
-    fake_sft_run(tmp_path / "chat_smollm2_chatterbot", {0: 2.0, 79: 1.7}, 780)
-    fake_sft_run(tmp_path / "peoples_daily_chat_pretrain", {399: 6.0, 1199: 5.0}, 660)  # no initial validation
+    fake_sft_run(tmp_path / "chat_gpt_chatterbot_zh", {0: 8.0, 39: 6.5, 79: 6.0}, 90, 0.032)
+    fake_sft_run(tmp_path / "chat_smollm2_chatterbot", {0: 2.0, 79: 1.7}, 780, 0.0321)
+    fake_sft_run(tmp_path / "peoples_daily_chat_pretrain", {399: 6.0, 1199: 5.0}, 660, None)  # no initial validation
     results.print_table(tmp_path)
     out = capsys.readouterr().out
-    assert "| chat_gpt_chatterbot_zh | 8.0000 | 6.0000 | 25.0% | met | 80 | 1.5 min |" in out
-    assert "| chat_smollm2_chatterbot | 2.0000 | 1.7000 | 15.0% | MISS | 80 | 13.0 min |" in out
-    assert "| peoples_daily_chat_pretrain | - | 5.0000 | - | - | 1200 | 11.0 min |" in out
+    assert "| chat_gpt_chatterbot_zh | 8.0000 | 6.0000 | 25.0% | met | 80 | 3.2% | 12,346 | 1.5 min |" in out
+    assert "| chat_smollm2_chatterbot | 2.0000 | 1.7000 | 15.0% | MISS | 80 | 3.2% | 12,346 | 13.0 min |" in out
+    assert "| peoples_daily_chat_pretrain | - | 5.0000 | - | - | 1200 | - | 12,346 | 11.0 min |" in out
 
 
 @pytest.mark.slow
@@ -112,8 +117,12 @@ def test_sft_results_quick_runs_every_stage_and_prints_the_table(tmp_path: Path)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in done.stdout.splitlines()
             if line.startswith(("| chat_", "| peoples_"))}  # fmt: skip
-    assert set(rows) == {"chat_smollm2_chatterbot", "peoples_daily_chat_pretrain", "chat_gpt_chatterbot_zh"}
+    expected = {"chat_smollm2_chatterbot", "peoples_daily_chat_pretrain", "chat_gpt_chatterbot_zh",
+                "chat_smollm2_packed", "chat_smollm2_unpacked"}  # fmt: skip
+    assert set(rows) == expected
     for name in ("chat_smollm2_chatterbot", "chat_gpt_chatterbot_zh"):  # start, end, drop, verdict: all measured
         start, end, drop, verdict = rows[name][:4]
         assert float(start) > 0 and float(end) > 0 and drop.endswith("%") and verdict in ("met", "MISS"), rows[name]
+    padding = {name: float(rows[name][5].rstrip("%")) for name in ("chat_smollm2_packed", "chat_smollm2_unpacked")}
+    assert 0 < padding["chat_smollm2_packed"] < padding["chat_smollm2_unpacked"], padding
     assert rows["peoples_daily_chat_pretrain"][0] == "-" and rows["peoples_daily_chat_pretrain"][-1].endswith(" min |")
