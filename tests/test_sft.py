@@ -4,6 +4,7 @@ examples apart, and a tiny `task=sft` run whose validation loss falls."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -218,7 +219,7 @@ def test_tiny_sft_runs_learn_the_replies_and_packing_reaches_the_same_loss(tmp_p
         datamodule.setup()
         rows[packing] = len(datamodule.datasets["train"])
     batch_size = {False: 8, True: max(1, round(8 * rows[True] / rows[False]))}
-    final = {}
+    final, padding = {}, {}
     for packing in (False, True):
         run = [*overrides, f"data.packing={packing}", f"data.batch_size={batch_size[packing]}"]
         cfg = compose_train(tmp_path / str(packing), run)
@@ -227,7 +228,8 @@ def test_tiny_sft_runs_learn_the_replies_and_packing_reaches_the_same_loss(tmp_p
         assert len(losses) == 2 and losses[-1] < 0.7 * losses[0], losses
         assert metrics["val/ppl"] == pytest.approx(torch.exp(torch.tensor(metrics["val/loss"])).item(), rel=1e-4)
         final[packing] = metrics["val/loss"]
-    assert batch_size[True] < batch_size[False]
+        padding[packing] = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())["padding_fraction"]
+    assert batch_size[True] < batch_size[False] and 0 < padding[True] < padding[False] < 1
     # noise: over seeds 0-2 unpacked ended at 0.37-0.40 and packed 0.35-0.38, at most 13 % apart (seed 0: 3 %)
     assert final[True] == pytest.approx(final[False], rel=0.15), final
 

@@ -1,7 +1,8 @@
 """Results of many runs side by side: find run folders, read their metrics and configs, rank them, write a table.
 
-Reads only files a run leaves behind (`config.yaml`, `.hydra/overrides.yaml`, `csv/metrics.csv`, `summary.json`),
-so a report needs no torch or Lightning. `lmlab report` (cli/report.py) prints and writes what `build_report` returns.
+Reads only files a run leaves behind (`config.yaml`, `.hydra/overrides.yaml`, `csv/metrics.csv`, `summary.json`,
+and the `*.eval.json` that `lmlab eval` writes beside a checkpoint), so a report needs no torch or Lightning.
+`lmlab report` (cli/report.py) prints and writes what `build_report` returns.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import yaml
 
 from lmlab.errors import LmlabError
 
-MAXIMIZED = {"acc", "accuracy", "f1", "precision", "recall", "auc", "mcc", "mfu"}
+MAXIMIZED = {"acc", "accuracy", "f1", "precision", "recall", "auc", "mcc", "mfu", "bleu", "chrf"}
 """Parts of a metric name (split at `/` and `_`) that mean higher is better; anything else is minimized."""
 SKIPPED_DIRS = {"checkpoints", "csv", "wandb", "tensorboard", "__pycache__"}
 """Folders inside a run that never hold another run (searching them would be slow on big sweeps)."""
@@ -43,17 +44,22 @@ class Run:
     """`summary.json` (final metrics, parameters, time): None when the run did not finish."""
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     """Each logged metric of `csv/metrics.csv` as (step, value) pairs."""
+    evaluations: dict[str, float] = field(default_factory=dict)
+    """Metrics of `lmlab eval` on the run's checkpoints (`*.eval.json`; the newest file wins a name twice)."""
 
     @property
     def finished(self) -> bool:
         return self.summary is not None
 
     def final(self, metric: str) -> float | None:
-        """The metric at the end of training (`summary.json`), else its last logged value."""
+        """The metric at the end of training (`summary.json`), else its last logged value, else what `lmlab eval`
+        measured on the run's checkpoint (e.g. test/chrf)."""
         metrics = (self.summary or {}).get("metrics")
         value = metrics.get(metric) if isinstance(metrics, dict) else None
         if not isinstance(value, int | float) and self.history.get(metric):
             value = self.history[metric][-1][1]
+        if not isinstance(value, int | float):
+            value = self.evaluations.get(metric)
         return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
     def best(self, metric: str, maximize: bool) -> tuple[float, int | None] | None:
@@ -192,7 +198,20 @@ def load_run(path: Path, root: Path) -> Run:
     summary = _read_json(path / "summary.json")
     metrics_csv = next(iter([path / "csv/metrics.csv", *sorted(path.glob("*/metrics.csv"))]), None)
     history = read_history(metrics_csv) if metrics_csv and metrics_csv.is_file() else {}
-    return Run(path, name, overrides, config if isinstance(config, dict) else {}, summary, history)
+    config = config if isinstance(config, dict) else {}
+    return Run(path, name, overrides, config, summary, history, read_evaluations(path))
+
+
+def read_evaluations(path: Path) -> dict[str, float]:
+    """The numeric metrics of the run's `*.eval.json` files (in the run folder and `checkpoints/`), oldest first so
+    a newer evaluation of a metric replaces an older one."""
+    files = sorted([*path.glob("*.eval.json"), *path.glob("checkpoints/*.eval.json")], key=lambda f: f.stat().st_mtime)
+    metrics: dict[str, float] = {}
+    for file in files:
+        found = (_read_json(file) or {}).get("metrics")
+        if isinstance(found, dict):
+            metrics |= {str(k): float(v) for k, v in found.items() if isinstance(v, int | float)}
+    return metrics
 
 
 def parse_overrides(lines: Sequence[Any]) -> dict[str, str]:

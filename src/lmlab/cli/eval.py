@@ -6,6 +6,7 @@ The scoring is `lmlab.inference.evaluate`; this command only rebuilds the data a
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +112,11 @@ def print_evaluation(loaded: LoadedCheckpoint, evaluation: Evaluation, written: 
     console.print(f"written: {written}", markup=False, highlight=False)
 
 
+def wandb_settings(loaded: LoadedCheckpoint) -> dict[str, Any] | None:
+    """The `logger.wandb` config of the run that trained the checkpoint; None when it logged without W&B."""
+    return (loaded.run_config.get("logger") or {}).get("wandb")
+
+
 def evaluate(cfg: DictConfig) -> Evaluation:
     """Load the checkpoint, score it as its task says, report; return the evaluation."""
     from lmlab.checkpoints.load import load_checkpoint
@@ -135,6 +141,11 @@ def evaluate(cfg: DictConfig) -> Evaluation:
     else:
         evaluation = evaluate_split(cfg, loaded, device)
     print_evaluation(loaded, evaluation, write_evaluation(loaded, evaluation))
+    if cfg.wandb:
+        from lmlab.runs.loggers import log_evaluation_to_wandb
+
+        replies = [] if evaluation.generation is None else [asdict(e) for e in evaluation.generation.examples]
+        log_evaluation_to_wandb(loaded.path, wandb_settings(loaded), evaluation.metrics, replies)
     return evaluation
 
 

@@ -123,6 +123,7 @@ class EvalSchema:
     generate: bool = MISSING
     max_examples: int | None = MISSING
     max_new_tokens: int = MISSING
+    wandb: bool = MISSING
     device: str = MISSING
     cache_dir: str = MISSING
 

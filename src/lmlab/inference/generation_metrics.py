@@ -81,16 +81,24 @@ def greedy_replies(
     return replies
 
 
+def bleu_tokenizer(references: Sequence[str]) -> str:
+    """sacrebleu's tokenizer for these references: `zh` (each Chinese character a word) when most of their letters
+    are CJK ideographs, which have no spaces for `13a` (the default, for European languages) to split at."""
+    letters = [ch for text in references for ch in text if ch.isalpha()]
+    cjk = sum("\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf" for ch in letters)
+    return "zh" if letters and cjk > len(letters) / 2 else "13a"
+
+
 def corpus_scores(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[float, float, dict[str, str]]:
-    """sacrebleu's corpus BLEU (effective order) and chrF of `hypotheses` against one reference each, and their
-    signatures."""
+    """sacrebleu's corpus BLEU (effective order; tokenized by `bleu_tokenizer`) and chrF of `hypotheses` against one
+    reference each, and their signatures."""
     from sacrebleu.metrics import BLEU, CHRF
 
     if not hypotheses or len(hypotheses) != len(references):
         raise LmlabError(
             f"{len(hypotheses)} hypotheses for {len(references)} references; score at least one reply per reference"
         )
-    bleu, chrf = BLEU(effective_order=True), CHRF()
+    bleu, chrf = BLEU(effective_order=True, tokenize=bleu_tokenizer(references)), CHRF()
     bleu_score = bleu.corpus_score(list(hypotheses), [list(references)]).score
     chrf_score = chrf.corpus_score(list(hypotheses), [list(references)]).score
     return bleu_score, chrf_score, {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())}

@@ -165,6 +165,35 @@ def wandb_logger(
     return logger
 
 
+def log_evaluation_to_wandb(
+    checkpoint: Path, settings: dict[str, Any] | None, metrics: dict[str, float], rows: list[dict[str, Any]]
+) -> str | None:
+    """Add an evaluation of `checkpoint` to the W&B run that trained it (its run folder's `wandb_run_id`), so the
+    dashboard shows it beside the training curves: `metrics` into the run summary as `eval/<name>` and `rows` (e.g.
+    generated replies) as a table. `settings` is the run's `logger.wandb` config; the mode is chosen as for training
+    (offline without credentials). Returns the W&B run id, or None: the run had no W&B logger, or W&B is disabled."""
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    id_file = run_dir / RUN_ID_FILE
+    if not settings or not id_file.is_file():
+        return None
+    mode = choose_wandb_mode(settings.get("mode"))
+    if mode == "disabled":
+        return None
+    import wandb
+
+    run_id = id_file.read_text().strip()
+    run = wandb.init(project=settings.get("project") or "lmlab", id=run_id, resume="allow", dir=str(run_dir),
+                     mode=mode)  # fmt: skip
+    try:
+        run.summary.update({f"eval/{name}": value for name, value in metrics.items()})
+        if rows:
+            columns = list(rows[0])
+            run.log({"eval/examples": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])})
+    finally:
+        run.finish()
+    return run_id
+
+
 def finish_wandb() -> None:
     """End the current W&B run, so the next job of a sweep starts its own."""
     import sys

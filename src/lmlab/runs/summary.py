@@ -94,6 +94,8 @@ def write_summary(
         "tokens_per_s": tokens / fit_seconds if fit_seconds > 0 else None,
         "perf": perf or {},
     }
+    if getattr(datamodule, "padding_fraction", None) is not None:  # SFT rows: the share of positions that are padding
+        summary["padding_fraction"] = datamodule.padding_fraction
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
 
 
