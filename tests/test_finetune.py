@@ -20,7 +20,7 @@ from lmlab.runs.loggers import finish_wandb
 from lmlab.tasks import ClassificationTask
 from lmlab.tasks.finetune import starting_point_configs
 from tests.helpers.classification import fake_lm_checkpoint, labeled_csv, labeled_rows, requires, tiny_hf_bert
-from tests.helpers.compose import TINY_TEXT, compose_train
+from tests.helpers.compose import TINY_TEXT, command, compose_train
 
 PAD = "tokenizer.special_tokens=['<pad>']"
 
@@ -208,13 +208,11 @@ def test_eval_scores_a_labeled_file_and_the_test_split(gpt_classifier, tmp_path:
     from lmlab.cli.eval import evaluate
 
     run_dir, metrics = gpt_classifier
-    base = {"ckpt": str(run_dir / "checkpoints" / "last.ckpt"), "text_file": None, "split": "test", "data": None,
-            "batch_size": None, "max_tokens": None, "device": "cpu", "cache_dir": str(tmp_path), "generate": False,
-            "max_examples": 200, "max_new_tokens": 128}  # fmt: skip
-    on_split = evaluate(OmegaConf.create(base))
+    base = [f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", "split=test", "device=cpu", f"cache_dir={tmp_path}"]
+    on_split = evaluate(command("eval", base))  # the config `lmlab eval` composes, so new keys reach the test
     assert on_split.metrics["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)  # the same final weights
     labeled = labeled_csv(tmp_path, 10)
-    on_file = evaluate(OmegaConf.create({**base, "text_file": str(labeled)}))
+    on_file = evaluate(command("eval", [*base, f"text_file={labeled}"]))
     assert {"file/acc", "file/f1", "file/loss"} == set(on_file.metrics) and on_file.source["examples"] == 10
 
 

@@ -92,7 +92,7 @@ def test_eval_scores_a_text_file_and_the_training_split(runs, tmp_path) -> None:
     assert math.isfinite(on_file.metrics["val/bpb"])
     cache = f"cache_dir={run_dir.parent.parent / 'cache'}"
     on_train = eval_cli.evaluate(command("eval", [f"ckpt={run_dir}", cache, "split=train", "max_tokens=64"]))
-    assert on_train.source["split"] == "train" and on_train.tokens == 64
+    assert on_train.source["split"] == "train" and on_train.tokens == 64 and "train/loss" in on_train.metrics
     other = tmp_path / "other.txt"
     other.write_text(TINY_TEXT.upper(), encoding="utf-8")  # unseen characters become U+FFFD
     overrides = [f"ckpt={run_dir}", cache, "data=text_files", f"data.corpus.paths=[{other}]", "batch_size=4"]

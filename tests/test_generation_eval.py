@@ -120,6 +120,7 @@ def test_eval_scores_the_reply_tokens_and_counts_them(sft_run, tmp_path) -> None
     assert on_val.tokens == trained_targets(expected, "val")
     on_test = eval_cli.evaluate(command("eval", [ckpt, "split=test", "batch_size=2"]))
     assert on_test.tokens == trained_targets(expected, "test") and on_test.tokens != on_val.tokens
+    assert set(on_test.metrics) == {"test/loss", "test/ppl", "test/bpb"}  # named after the split they score
     text = tmp_path / "replies.txt"
     text.write_text("hello there\nfine thanks\n" * 8, encoding="utf-8")
     on_text = eval_cli.evaluate(command("eval", [ckpt, f"text_file={text}"]))  # plain windows, every token scored
@@ -133,7 +134,7 @@ def test_eval_generate_writes_bleu_chrf_and_replies(sft_run, capsys) -> None:
     evaluation = eval_cli.evaluate(command("eval", overrides))
     written = json.loads((run_dir / "checkpoints" / "last.eval.json").read_text())
     assert written["metrics"] == evaluation.metrics
-    assert {"test/bleu", "test/chrf", "val/loss"} <= set(evaluation.metrics)
+    assert {"test/bleu", "test/chrf", "test/loss", "test/ppl"} <= set(evaluation.metrics)
     generation = written["generation"]
     assert generation["replies"] == 3 and len(generation["examples"]) == 3
     references = [messages[-1].content for messages in tiny_conversations(48)[2::10][:3]]

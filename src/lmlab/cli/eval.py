@@ -61,7 +61,7 @@ def evaluate_split(cfg: DictConfig, loaded: LoadedCheckpoint, device: torch.devi
                          "SFT data=...), or drop generate=true")  # fmt: skip
     named = getattr(datamodule, "corpus", None) or datamodule.source
     source = {"data": named.name, "split": cfg.split}
-    evaluation = evaluate_windows(loaded, split_loader(datamodule, cfg.split), source, device)
+    evaluation = evaluate_windows(loaded, split_loader(datamodule, cfg.split), source, device).on_split(cfg.split)
     if not cfg.generate:
         return evaluation
     from lmlab.inference.generation_metrics import evaluate_generation

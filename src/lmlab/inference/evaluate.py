@@ -12,7 +12,7 @@ import json
 import logging
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,12 @@ class Evaluation:
     """Tokens scored (language models: predicted targets, SFT data: the replies' only; classifiers: tokens read)."""
     generation: GenerationScores | None = None
     """Replies generated to the split's conversations and their BLEU/chrF (`lmlab eval generate=true`)."""
+
+    def on_split(self, split: str) -> Evaluation:
+        """The metrics named after the split they were measured on: the validation loop logs `val/loss`, which on
+        the test split is `test/loss`."""
+        metrics = {f"{split}/{name.split('/', 1)[-1]}": value for name, value in self.metrics.items()}
+        return replace(self, metrics=metrics)
 
 
 EXAMPLE_ROWS = 5
