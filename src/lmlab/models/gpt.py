@@ -68,7 +68,7 @@ class GPT(TransformerBody):
         cache.length = start + T
         if last_only:
             x = x[:, -1:]  # (B, 1, C): norm and head are per position
-        return self.lm_head(self.ln_f(x)), cache
+        return self.lm_head(self.final_norm(x)), cache
 
     @staticmethod
     def _cache_mask(cache: KVCache, start: int, T: int) -> torch.Tensor | None:

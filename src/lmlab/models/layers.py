@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -103,6 +104,30 @@ class Rotary(nn.Module):
         return x * cos + rotated * sin
 
 
+class HookPoint(nn.Module):
+    """An identity at a named place in the forward pass (TransformerLens's convention): the interpretability tools
+    (`lmlab.interp`) read or replace the tensor passing through it with a forward hook. Without hooks it costs one
+    Python call and no autograd node; holding no parameters, it changes no state dict."""
+
+    name: str = ""
+    """Its path in the model (e.g. `blocks.0.hook_resid_post`), set by the model that owns it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @property
+    def active(self) -> bool:
+        """Whether a hook is attached (code that would pay to expose a tensor, e.g. the attention pattern, asks)."""
+        return bool(self._forward_hooks)
+
+
+def name_hook_points(model: nn.Module) -> None:
+    """Give every `HookPoint` of `model` its path as its name."""
+    for path, module in model.named_modules():
+        if isinstance(module, HookPoint):
+            module.name = path
+
+
 @dataclass
 class KVCache:
     """Keys and values of every attention layer for a batch, preallocated to the model's block_size.
@@ -171,6 +196,10 @@ class SelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         head_dim = config.n_embd // config.n_head
         self.rotary = Rotary(head_dim, config.block_size) if config.pos_embedding == "rope" else None
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()  # (B, T, H, D) each
+        self.hook_attn_scores = HookPoint()  # (B, H, T, T) scaled, masked (-inf) scores; computed only when hooked
+        self.hook_pattern = HookPoint()  # (B, H, T, T) attention weights; computed only when hooked
+        self.hook_z = HookPoint()  # (B, T, H, D) each head's weighted values, before the output projection
 
     def forward(
         self, x: torch.Tensor, key_padding: torch.Tensor | None = None, packed: Packing | None = None
@@ -186,18 +215,40 @@ class SelfAttention(nn.Module):
         mask = None if key_padding is None else key_padding[:, None, None, :].bool()  # (B, 1, 1, T)
         if packed is not None:
             mask = packed.mask if mask is None else mask & packed.mask  # (B, 1, T, T), causal within a segment
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=self.causal and packed is None,
-        )  # (B, H, T, D)  # fmt: skip
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.proj(y))
+        causal = self.causal and packed is None
+        if self.hook_pattern.active or self.hook_attn_scores.active:
+            y = self.explicit_attention(q, k, v, mask, causal)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
+            )  # (B, H, T, D)
+        y = self.hook_z(y.transpose(1, 2))  # (B, T, H, D)
+        return self.resid_dropout(self.proj(y.contiguous().view(B, T, C)))
+
+    def explicit_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool
+    ) -> torch.Tensor:
+        """What `scaled_dot_product_attention` computes, step by step, so the scores and the pattern pass through
+        their hook points: q, k, v (B, H, T, D) -> (B, H, T, D)."""
+        T = q.size(-2)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, T)
+        if causal:
+            tril = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+            mask = tril if mask is None else mask & tril
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        pattern = self.hook_pattern(self.hook_attn_scores(scores).softmax(dim=-1))  # (B, H, T, T)
+        return F.dropout(pattern, self.dropout, self.training) @ v
 
     def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys and values of x (B, T, C), split into heads: 3 × (B, H, T, D)."""
+        """Queries, keys and values of x (B, T, C), split into heads (through hook_q/k/v): 3 × (B, H, T, D)."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 × (B, T, C)
-        return tuple(t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        shape = (B, T, self.n_head, C // self.n_head)
+        hooks = (self.hook_q, self.hook_k, self.hook_v)
+        q, k, v = (
+            hook(t.view(shape)).transpose(1, 2) for hook, t in zip(hooks, self.qkv(x).split(C, dim=2), strict=True)
+        )
+        return q, k, v
 
     def forward_cached(
         self,
@@ -224,8 +275,8 @@ class SelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, keys[:, :, :end], values[:, :, :end], attn_mask=mask, is_causal=mask is None and T > 1
         )  # (B, H, T, D)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.proj(y))
+        y = self.hook_z(y.transpose(1, 2))  # (B, T, H, D)
+        return self.resid_dropout(self.proj(y.contiguous().view(B, T, C)))
 
 
 class MLP(nn.Module):
@@ -236,26 +287,35 @@ class MLP(nn.Module):
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()  # (B, T, 4C): before and after the GELU
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        return self.dropout(self.proj(self.hook_post(F.gelu(self.hook_pre(self.fc(x))))))
 
 
 class Block(nn.Module):
-    """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+    Hook points see the residual stream (B, T, C) before the block, between its halves and after it, and what each
+    half adds to it; they are registered in forward order, which `lmlab.interp` lists names in.
+    """
 
     def __init__(self, config: TransformerConfig, causal: bool) -> None:
         super().__init__()
+        self.hook_resid_pre = HookPoint()
         self.ln_1 = make_norm(config)
         self.attn = SelfAttention(config, causal)
+        self.hook_attn_out, self.hook_resid_mid = HookPoint(), HookPoint()
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
+        self.hook_mlp_out, self.hook_resid_post = HookPoint(), HookPoint()
 
     def forward(
         self, x: torch.Tensor, key_padding: torch.Tensor | None = None, packed: Packing | None = None
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), key_padding, packed)
-        return x + self.mlp(self.ln_2(x))
+        x = self.hook_resid_pre(x)
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln_1(x), key_padding, packed)))
+        return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln_2(x))))
 
     def forward_cached(
         self,
@@ -266,9 +326,12 @@ class Block(nn.Module):
         positions: torch.Tensor,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """`forward` for new tokens only, reading and extending this layer's KV cache (see `SelfAttention`)."""
-        x = x + self.attn.forward_cached(self.ln_1(x), keys, values, start, positions, mask)
-        return x + self.mlp(self.ln_2(x))
+        """`forward` for new tokens only, reading and extending this layer's KV cache (see `SelfAttention`); the
+        residual hook points see the new tokens (steering during generation hooks here)."""
+        x = self.hook_resid_pre(x)
+        attn_out = self.attn.forward_cached(self.ln_1(x), keys, values, start, positions, mask)
+        x = self.hook_resid_mid(x + self.hook_attn_out(attn_out))
+        return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln_2(x))))
 
 
 def init_gpt2_weights(model: nn.Module, n_layer: int) -> None:
@@ -289,7 +352,9 @@ def init_gpt2_weights(model: nn.Module, n_layer: int) -> None:
 class TransformerBody(nn.Module):
     """Token (+ learned position) embeddings -> `n_layer` pre-norm blocks -> final norm: the body GPT and BERT share.
 
-    Subclasses add their head on top of `hidden_states` in their own `forward`.
+    Subclasses add their head on top of `hidden_states` in their own `forward`. Hook points (`HookPoint`) carry
+    TransformerLens's names as their module paths: `hook_embed`, `hook_pos_embed`, `blocks.{i}.hook_resid_pre`, ...,
+    `blocks.{i}.attn.hook_pattern`, `blocks.{i}.mlp.hook_post`, `ln_final.hook_normalized`.
     """
 
     def __init__(self, config: TransformerConfig, causal: bool) -> None:
@@ -297,15 +362,18 @@ class TransformerBody(nn.Module):
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_embedding == "learned" else None
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()  # (B, T, C) token and position embeddings
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, causal) for _ in range(config.n_layer))
         self.ln_f = make_norm(config)
+        self.ln_final = nn.ModuleDict({"hook_normalized": HookPoint()})  # (B, T, C) after ln_f; named as in TL
+        name_hook_points(self)
 
     def embed(self, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Token embeddings (+ the learned position table at `positions`, (T,) or (B, T)) of ids (B, T) -> (B, T, C)."""
-        x = self.wte(idx)  # (B, T, C)
+        x = self.hook_embed(self.wte(idx))  # (B, T, C)
         if self.wpe is not None:
-            x = x + self.wpe(positions)
+            x = x + self.hook_pos_embed(self.wpe(positions))
         return self.drop(x)
 
     def hidden_states(
@@ -325,4 +393,8 @@ class TransformerBody(nn.Module):
                 x = checkpoint(block, x, attention_mask, packed, use_reentrant=False)
             else:
                 x = block(x, attention_mask, packed)
-        return self.ln_f(x)
+        return self.final_norm(x)
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The last norm of the stack (B, T, C) -> (B, T, C), through `ln_final.hook_normalized`."""
+        return self.ln_final["hook_normalized"](self.ln_f(x))
