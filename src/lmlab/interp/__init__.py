@@ -2,5 +2,19 @@
 probes and activation patching."""
 
 from lmlab.interp.hooks import ActivationCache, hook_names, hooks_attached, run_with_cache, run_with_hooks
+from lmlab.interp.patching import PatchResult, patch_grid, recovery
+from lmlab.interp.probe import ProbeResult, fit_probes, probe_layers
 
-__all__ = ["ActivationCache", "hook_names", "hooks_attached", "run_with_cache", "run_with_hooks"]
+__all__ = [
+    "ActivationCache",
+    "PatchResult",
+    "ProbeResult",
+    "fit_probes",
+    "hook_names",
+    "hooks_attached",
+    "patch_grid",
+    "probe_layers",
+    "recovery",
+    "run_with_cache",
+    "run_with_hooks",
+]

@@ -1,0 +1,105 @@
+"""Linear probes: layer choice, labels derived from text, independence of the per-layer heads, and a probe that
+beats the majority baseline where the information is there (and not where it is not)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmlab.errors import LmlabError
+from lmlab.interp.probe import (
+    ProbeData,
+    fit_probes,
+    majority_baseline,
+    probe_layers,
+    sequence_features,
+    speaker_labels,
+    token_features,
+    token_labels,
+)
+from lmlab.models import build_model
+from lmlab.models.gpt import GPT, GPTConfig
+from lmlab.models.ngram import NGramConfig
+
+
+def tiny_gpt(n_embd: int = 16) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=n_embd)).eval()
+
+
+def token_data(seed: int, n: int, label: str = "current") -> ProbeData:
+    """Token features of random windows; the label is whether the current token is below 12 (readable from the
+    embedding: 40 token and 12 position vectors in 64 dimensions leave room for a separating direction), or a coin
+    flip (readable from nothing)."""
+    generator = torch.Generator().manual_seed(seed)
+    windows = torch.randint(0, 40, (n, 12), generator=generator)
+    labels = (windows < 12).long() if label == "current" else torch.randint(0, 2, (n, 12), generator=generator)
+    model = tiny_gpt(n_embd=64)
+    return token_features(model, windows, labels, probe_layers(model))
+
+
+def test_layers_are_embed_then_blocks_and_out_of_range_is_an_error() -> None:
+    model = tiny_gpt()
+    assert probe_layers(model) == ["embed", "0", "1"]
+    assert probe_layers(model, 1) == ["1"] and probe_layers(model, "embed") == ["embed"]
+    with pytest.raises(LmlabError, match=r"probe.layer=2 is out of range; this model has layers embed and 0..1"):
+        probe_layers(model, 2)
+    with pytest.raises(LmlabError, match="ngram model has no hook points"):
+        probe_layers(build_model(NGramConfig(vocab_size=40, order=3)))
+
+
+def test_probe_beats_the_majority_baseline_by_15_points_where_the_label_is_readable() -> None:
+    result = fit_probes(probe_layers(tiny_gpt()), token_data(0, 60), token_data(1, 20), token_data(2, 20), epochs=8)
+    assert 0.6 <= result.majority <= 0.8  # 28 of 40 tokens are >= 12: "no" is the majority
+    assert result.test_acc["embed"] >= 0.95  # the embedding alone names the token
+    assert result.best_acc - result.majority >= 0.15
+    assert result.sizes == {"train": 720, "val": 240, "test": 240}
+
+
+def test_probe_of_a_coin_flip_stays_near_the_baseline() -> None:
+    """Held-out examples are really held out: a label nothing predicts gives chance accuracy on test, however
+    well the probe fits its training examples."""
+    train, val, test = (token_data(seed, n, "coin") for seed, n in ((0, 30), (1, 20), (2, 40)))
+    result = fit_probes(probe_layers(tiny_gpt()), train, val, test, epochs=10)
+    assert max(result.test_acc.values()) < 0.6
+    assert max(result.train_acc.values()) > max(result.test_acc.values())
+
+
+def test_heads_train_independently() -> None:
+    data = [token_data(seed, 20) for seed in (0, 1, 2)]
+    together = fit_probes(["embed", "0", "1"], *data, epochs=2)
+    only = [ProbeData(d.features[:, 1:2], d.labels) for d in data]  # layer 0 alone
+    alone = fit_probes(["0"], *only, epochs=2)
+    assert alone.test_acc["0"] == together.test_acc["0"]
+    assert alone.train_acc["0"] == together.train_acc["0"]
+
+
+def test_sequence_features_pool_real_tokens_only() -> None:
+    model = tiny_gpt()
+    ids = [[3, 5, 7], [3, 5, 7, 9, 11]]
+    mean = sequence_features(model, ids, [0, 1], ["embed", "1"], pad_id=0, pooling="mean")
+    last = sequence_features(model, ids, [0, 1], ["embed", "1"], pad_id=0, pooling="last")
+    assert mean.features.shape == (2, 2, 16)
+    alone = sequence_features(model, ids[:1], [0], ["embed", "1"], pad_id=0, pooling="mean")
+    assert torch.allclose(mean.features[0], alone.features[0], atol=1e-5)  # padding changed nothing
+    embed = model.wte(torch.tensor([3, 5, 7, 9, 11])) + model.wpe(torch.arange(5))
+    assert torch.allclose(last.features[1, 0], embed[-1], atol=1e-5)
+    with pytest.raises(LmlabError, match=r"probe.pooling='cls' is unknown"):
+        sequence_features(model, ids, [0, 1], ["embed"], pad_id=0, pooling="cls")
+
+
+def test_token_labels_follow_the_text() -> None:
+    assert token_labels(list("hat"), "next_vowel") == [1, 0, 0]  # h->a, a->t, t->(end)
+    assert token_labels(["ha", "t a", "nd"], "next_vowel") == [0, 0, 0]  # each piece's last char: a->t, a->n, d
+    assert token_labels(["th", "e", " a"], "next_vowel") == [1, 0, 0]
+    text = "First Citizen:\nBefore we proceed.\n\nAll:\nSpeak: now.\n\nKING HENRY V:\nAy.\n"
+    labels = speaker_labels(text)
+    inside = "".join(c for c, y in zip(text, labels, strict=True) if y)
+    assert inside == "First CitizenAllKING HENRY V"  # not "Speak", a colon inside a line of speech
+    assert token_labels(list("All:\n"), "speaker") == [1, 1, 1, 0, 0]
+    with pytest.raises(LmlabError, match=r"probe.label='vowels' is unknown; choose one of: next_vowel, speaker"):
+        token_labels(list("ab"), "vowels")
+
+
+def test_majority_baseline_is_the_training_majority_scored_on_test() -> None:
+    assert majority_baseline(torch.tensor([1, 1, 0]), torch.tensor([0, 0, 0, 1])) == (1, 0.25)
