@@ -14,14 +14,14 @@ def plot_probe_accuracy(
     layers: Sequence[str], accuracy: Sequence[float], majority: float, path: str | Path, title: str = ""
 ) -> Path:
     """Held-out probe accuracy per layer (a line over `embed`, 0, 1, ...) with the majority baseline dashed."""
-    fig, ax = _figure(max(4.0, 1.0 + 0.45 * len(layers)), 3.8)
+    fig, ax = _figure(max(5.0, 1.5 + 0.45 * len(layers)), 3.8)
     x = np.arange(len(layers))
     ax.plot(x, accuracy, marker="o", label="probe (held out)")
     ax.axhline(majority, color="gray", linestyle="--", label=f"majority class ({majority:.3f})")
     ax.set_xticks(x, labels=list(layers))
-    ax.set_xlabel("layer (residual stream after block; embed = before the first)")
+    ax.set_xlabel("layer (after block i; embed = before block 0)")
     ax.set_ylabel("accuracy")
-    ax.set_ylim(min(min(accuracy, default=majority), majority) - 0.05, 1.0)
+    ax.set_ylim(min(min(accuracy, default=majority), majority) - 0.05, 1.02)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -43,6 +43,7 @@ def plot_patch_heatmap(
     ax.set_title(title, fontsize=9)
     if values.size <= 400:
         for (i, j), value in np.ndenumerate(values):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6)
+            color = "white" if abs(value) > 0.6 * bound else "black"
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color=color)
     fig.colorbar(image, ax=ax, label="recovery")
     return _save(fig, path)

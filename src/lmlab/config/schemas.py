@@ -146,12 +146,52 @@ class ExportSchema:
     overwrite: bool = MISSING
 
 
+@dataclasses.dataclass
+class ProbeSettings:
+    layer: str | None = MISSING  # an int or `embed` (read as text), or null for every layer
+    label: str | None = MISSING
+    pooling: str = MISSING
+    max_examples: int = MISSING
+    epochs: int = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    batch_size: int = MISSING
+
+
+@dataclasses.dataclass
+class ProbeSchema:
+    data: Any = None  # a data config group choice (untyped: any data config), or null
+    logger: Any = None
+    paths: Any = None
+    task_name: str = MISSING
+    ckpt: str = MISSING
+    seed: int = MISSING
+    batch_size: int = MISSING
+    device: str = MISSING
+    probe: ProbeSettings = dataclasses.field(default_factory=ProbeSettings)
+
+
+@dataclasses.dataclass
+class PatchSchema:
+    paths: Any = None
+    task_name: str = MISSING
+    ckpt: str = MISSING
+    clean: str = MISSING
+    corrupted: str = MISSING
+    answers: list[str] = MISSING
+    metric: str = MISSING
+    heads: bool = MISSING
+    device: str = MISSING
+
+
 COMMAND_SCHEMAS = {
     "generate": GenerateSchema,
     "chat": ChatSchema,
     "eval": EvalSchema,
     "predict": PredictSchema,
     "export": ExportSchema,
+    "probe": ProbeSchema,
+    "patch": PatchSchema,
 }
 
 

@@ -103,16 +103,17 @@ def replace_heads(clean: torch.Tensor) -> Callable[[torch.Tensor, str], torch.Te
 
 def patch_grid(
     model: nn.Module, scores: Scores, clean: torch.Tensor, corrupted: torch.Tensor, answers: Sequence[int],
-    metric: str = "logit_diff",
+    metric: str = "logit_diff", heads: bool = True,
 ) -> PatchResult:  # fmt: skip
-    """Patch every (layer, position) of the residual stream and every (layer, head) output from the clean ids
-    (1, T) into the corrupted ids (1, T); one batched forward pass per layer and kind."""
+    """Patch every (layer, position) of the residual stream and (with `heads`, where the model has per-head hooks)
+    every (layer, head) output from the clean ids (1, T) into the corrupted ids (1, T); one batched forward pass per
+    layer and kind."""
     if clean.shape != corrupted.shape or clean.size(0) != 1:
         raise LmlabError(f"clean and corrupted must be one prompt each of equal length, got {clean.shape} and "
                          f"{corrupted.shape}")  # fmt: skip
     sites = hook_sites(model)
     L, T = n_layers(model), clean.size(1)
-    has_z = all(f"blocks.{i}.attn.hook_z" in sites for i in range(L))
+    has_z = heads and all(f"blocks.{i}.attn.hook_z" in sites for i in range(L))
     names = [f"blocks.{i}.hook_resid_pre" for i in range(L)]
     if has_z:
         names += [f"blocks.{i}.attn.hook_z" for i in range(L)]
@@ -127,15 +128,15 @@ def patch_grid(
                        [(name, replace_positions(cache[name]))])
         for name in names[:L]
     ])  # fmt: skip
-    heads = None
+    per_head = None
     if has_z:
         H = cache[names[L]].size(2)
-        heads = torch.stack([
+        per_head = torch.stack([
             patched_metric(model, scores, corrupted.expand(H, T), answers, metric,
                            [(name, replace_heads(cache[name]))])
             for name in names[L:]
         ])  # fmt: skip
-    return PatchResult(clean_metric, corrupted_metric, resid, heads)
+    return PatchResult(clean_metric, corrupted_metric, resid, per_head)
 
 
 def whole_layer_recovery(

@@ -227,7 +227,8 @@ def fit_probes(
 
     trainer = pl.Trainer(
         accelerator="cpu", max_epochs=epochs, logger=list(loggers) or False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10, num_sanity_val_steps=0,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(10, len(train) // batch_size)),
     )  # fmt: skip
     trainer.fit(task, loader(train, shuffle=True), loader(val))
     trainer.test(task, loader(test), verbose=False)  # logs test/acc/<layer> and test/acc/best
