@@ -3,12 +3,22 @@ that differs."""
 
 from __future__ import annotations
 
+import csv
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from omegaconf import DictConfig
 
+from lmlab.cli.patch import patch
 from lmlab.errors import LmlabError
 from lmlab.interp.patching import metric_of, patch_grid, patched_metric, recovery, whole_layer_recovery
 from lmlab.models.gpt import GPT, GPTConfig
+from tests.helpers.classification import fake_lm_checkpoint
+from tests.helpers.cli import one_line_error, run_cli
+from tests.helpers.compose import TINY_TEXT, command
+from tests.helpers.interp import ngram_checkpoint, train_tiny
 
 
 def tiny_gpt(n_layer: int = 3) -> GPT:
@@ -89,3 +99,70 @@ def test_equal_prompts_and_bad_metrics_are_one_line_errors() -> None:
         metric_of(torch.zeros(1, 40), ANSWERS, "kl")
     with pytest.raises(LmlabError, match="compares two answers"):
         metric_of(torch.zeros(1, 40), [4], "logit_diff")
+
+
+# --- the command ---------------------------------------------------------------------------------------------------
+
+
+def patch_cfg(tmp_path: Path, *overrides: str, ckpt: Path | None = None) -> DictConfig:
+    ckpt = ckpt or fake_lm_checkpoint(tmp_path / "lm.ckpt", TINY_TEXT + "abcdefghijklmnopqrstuvwxyz")
+    return command("patch", [f"ckpt={ckpt}", "clean=First Citizen", "corrupted=First Citizan", "answers=[':',' ']",
+                             f"paths.output_dir={tmp_path / 'run'}", *overrides])  # fmt: skip
+
+
+def test_patch_command_writes_heat_maps_csv_and_json(tmp_path: Path) -> None:
+    result = patch(patch_cfg(tmp_path))
+    run = tmp_path / "run"
+    rows = list(csv.reader((run / "patch_resid.csv").open()))
+    assert rows[0][:3] == ["layer", "0:'F'", "1:'i'"] and len(rows) == 2 and len(rows[0]) == 1 + 13
+    assert float(rows[1][12]) == pytest.approx(1.0, abs=1e-3)  # position 11, the one letter that differs
+    summary = json.loads((run / "patch.json").read_text())
+    assert summary["clean_metric"] == pytest.approx(result.clean) and summary["answers"] == [":", " "]
+    assert len(summary["heads"]) == 1 and len(summary["heads"][0]) == 2
+    assert all((run / name).stat().st_size > 0 for name in ("patch_resid.png", "patch_heads.png"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["corrupted=First Citizens"], "clean is 13 tokens and corrupted 14; patching pairs positions"),
+        (
+            ["clean=First Citizen of Rome", "corrupted=First Citizan of Rome"],
+            "is 21 tokens, longer than the model's context of 16; shorten it",
+        ),
+        (["answers=[':',' a']"], "answer ' a' is 2 tokens under this checkpoint's tokenizer, not one"),
+        (["answers=[':']"], "metric=logit_diff needs 2 answers, got 1"),
+        (["metric=kl"], "metric='kl' is unknown; choose one of: logit_diff, logprob"),
+        (["clean=", "corrupted="], "clean is empty"),
+    ],
+)
+def test_patch_command_bad_inputs_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture, overrides: list[str], message: str
+) -> None:
+    assert message in one_line_error(patch, patch_cfg(tmp_path, *overrides), capsys)
+
+
+def test_patch_command_refuses_an_ngram(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    err = one_line_error(patch, patch_cfg(tmp_path, ckpt=ngram_checkpoint(tmp_path)), capsys)
+    assert "ngram model has no hook points" in err
+
+
+@pytest.mark.slow
+def test_cli_patch_on_a_trained_checkpoint(tmp_path: Path) -> None:
+    run_dir = train_tiny(tmp_path)
+    out = tmp_path / "patch"
+    result = run_cli(
+        "patch", f"ckpt={run_dir}", "clean=First Citizen", "corrupted=First Citizan", "answers=[':',' ']",
+        f"hydra.run.dir={out}", cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "clean metric" in result.stdout
+    grid = list(csv.reader((out / "patch_resid.csv").open()))
+    assert [row[0] for row in grid[1:]] == ["0"] and float(grid[1][12]) == pytest.approx(1.0, abs=1e-3)
+    assert {p.name for p in out.iterdir()} >= {"patch_resid.png", "patch_heads.png", "patch.json", ".hydra"}
+    logprob = run_cli(
+        "patch", f"ckpt={run_dir}", "clean=First Citizen", "corrupted=First Citizan", "answers=[':']",
+        "metric=logprob", "heads=false", f"hydra.run.dir={tmp_path / 'logprob'}", cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert logprob.returncode == 0, logprob.stderr[-3000:]
+    assert not (tmp_path / "logprob" / "patch_heads.csv").exists()

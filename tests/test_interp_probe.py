@@ -3,9 +3,15 @@ beats the majority baseline where the information is there (and not where it is 
 
 from __future__ import annotations
 
+import csv
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from omegaconf import DictConfig
 
+from lmlab.cli.probe import probe
 from lmlab.errors import LmlabError
 from lmlab.interp.probe import (
     ProbeData,
@@ -20,6 +26,10 @@ from lmlab.interp.probe import (
 from lmlab.models import build_model
 from lmlab.models.gpt import GPT, GPTConfig
 from lmlab.models.ngram import NGramConfig
+from tests.helpers.classification import fake_lm_checkpoint, labeled_csv
+from tests.helpers.cli import one_line_error, run_cli
+from tests.helpers.compose import TINY_TEXT, command
+from tests.helpers.interp import ngram_checkpoint, train_tiny
 
 
 def tiny_gpt(n_embd: int = 16) -> GPT:
@@ -103,3 +113,83 @@ def test_token_labels_follow_the_text() -> None:
 
 def test_majority_baseline_is_the_training_majority_scored_on_test() -> None:
     assert majority_baseline(torch.tensor([1, 1, 0]), torch.tensor([0, 0, 0, 1])) == (1, 0.25)
+
+
+# --- the command ---------------------------------------------------------------------------------------------------
+
+
+def probe_cfg(tmp_path: Path, ckpt: Path, *overrides: str, data: list[str] | None = None) -> DictConfig:
+    """The probe command's config on a tiny text (token label `speaker`) or on `data`."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TINY_TEXT, encoding="utf-8")
+    text = ["data=text_files", f"data.corpus.paths=[{corpus}]", "probe.label=speaker"]
+    return command("probe", [f"ckpt={ckpt}", *(data or text), "logger=csv", f"paths.output_dir={tmp_path / 'run'}",
+                             "probe.max_examples=200", "probe.epochs=2", *overrides])  # fmt: skip
+
+
+def lm_checkpoint(tmp_path: Path) -> Path:
+    return fake_lm_checkpoint(tmp_path / "lm.ckpt", TINY_TEXT + "abcdefghijklmnopqrstuvwxyz")
+
+
+def test_probe_command_writes_a_row_per_layer_and_logs_the_accuracies(tmp_path: Path) -> None:
+    result = probe(probe_cfg(tmp_path, lm_checkpoint(tmp_path)))
+    run = tmp_path / "run"
+    rows = list(csv.DictReader((run / "probe.csv").open()))
+    assert [r["layer"] for r in rows] == ["embed", "0"] and rows[1]["hook"] == "blocks.0.hook_resid_post"
+    summary = json.loads((run / "probe.json").read_text())
+    assert summary["best_acc"] == result.best_acc and summary["label_names"] == ["text", "speaker"]
+    assert summary["majority_label"] == "text" and summary["examples"]["train"] >= 200
+    assert (run / "probe.png").stat().st_size > 0
+    logged = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
+    assert any(r.get("test/acc/0") for r in logged) and any(r.get("val/acc/embed") for r in logged)
+    assert any(r.get("test/majority") for r in logged)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["probe.layer=3"], "probe.layer=3 is out of range; this model has layers embed and 0..0"),
+        (["probe.label=null"], "is plain text; choose what to probe for: probe.label=next_vowel or speaker"),
+        (["probe.max_examples=2"], "probe.max_examples=2 is too few"),
+    ],
+)
+def test_probe_command_bad_inputs_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture, overrides: list[str], message: str
+) -> None:
+    err = one_line_error(probe, probe_cfg(tmp_path, lm_checkpoint(tmp_path), *overrides), capsys)
+    assert message in err
+
+
+def test_probe_command_refuses_a_label_for_labeled_data_and_an_ngram(tmp_path: Path, capsys) -> None:
+    labeled = ["data=text_classification", f"data.source.train={labeled_csv(tmp_path)}", "probe.label=speaker"]
+    err = one_line_error(probe, probe_cfg(tmp_path, lm_checkpoint(tmp_path), data=labeled), capsys)
+    assert "labeled data brings its own labels: drop probe.label" in err
+    err = one_line_error(probe, probe_cfg(tmp_path, ngram_checkpoint(tmp_path)), capsys)
+    assert "ngram model has no hook points" in err
+
+
+@pytest.mark.slow
+def test_cli_probe_on_a_trained_checkpoint_one_job_per_layer(tmp_path: Path) -> None:
+    run_dir = train_tiny(tmp_path)
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "probe", "-m", f"ckpt={run_dir}", "data=text_files", f"data.corpus.paths=[{tmp_path / 'corpus.txt'}]",
+        "probe.label=next_vowel", "probe.layer=embed,0", "probe.max_examples=300", "probe.epochs=3", "logger=csv",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job, layer in ((0, "embed"), (1, "0")):
+        rows = list(csv.DictReader((sweep / str(job) / "probe.csv").open()))
+        assert [r["layer"] for r in rows] == [layer]
+        assert 0.0 <= float(rows[0]["test_acc"]) <= 1.0 and (sweep / str(job) / "probe.png").is_file()
+    bad = run_cli("probe", f"ckpt={run_dir}", "data=text_files", f"data.corpus.paths=[{tmp_path / 'corpus.txt'}]",
+                  "probe.label=speaker", "probe.layer=7", "logger=csv", cwd=tmp_path)  # fmt: skip
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: probe.layer=7 is out")
+
+
+def test_probe_command_on_labeled_texts_pools_each_text(tmp_path: Path) -> None:
+    labeled = ["data=text_classification", f"data.source.train={labeled_csv(tmp_path, n=80)}", "probe.pooling=last"]
+    result = probe(probe_cfg(tmp_path, lm_checkpoint(tmp_path), data=labeled))
+    summary = json.loads((tmp_path / "run" / "probe.json").read_text())
+    assert summary["what"] == "last-pooled texts" and summary["label_names"] == ["neg", "pos"]
+    assert result.sizes == {"train": 64, "val": 8, "test": 8}  # the file's fixed 80/10/10 split
