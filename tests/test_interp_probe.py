@@ -193,3 +193,24 @@ def test_probe_command_on_labeled_texts_pools_each_text(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "run" / "probe.json").read_text())
     assert summary["what"] == "last-pooled texts" and summary["label_names"] == ["neg", "pos"]
     assert result.sizes == {"train": 64, "val": 8, "test": 8}  # the file's fixed 80/10/10 split
+
+
+def test_probe_results_script_prints_a_table_per_probe(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "probe_results.py"
+    spec = importlib.util.spec_from_file_location("probe_results", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    folder = tmp_path / "probes" / "sentiment_gpt"
+    folder.mkdir(parents=True)
+    rows = [{"layer": "embed", "test_acc": 0.6, "train_acc": 0.7, "majority": 0.5, "gain_points": 10.0},
+            {"layer": "0", "test_acc": 0.72, "train_acc": 0.8, "majority": 0.5, "gain_points": 22.0}]  # fmt: skip
+    summary = {"data": "rotten_tomatoes", "what": "mean-pooled texts", "examples": {"train": 10}, "layers": rows,
+               "best_layer": "0", "best_acc": 0.72, "majority": 0.5, "gain_points": 22.0}  # fmt: skip
+    (folder / "probe.json").write_text(json.dumps(summary))
+    (folder / "wall_seconds.txt").write_text("12.5\n")
+    script.print_tables(tmp_path)
+    out = capsys.readouterr().out
+    assert "probe wall time 12.5 s" in out and "| 0 | 0.7200 | 0.8000 | 0.5000 | +22.0 |" in out
+    assert "best layer 0: 0.7200 vs majority 0.5000 (+22.0 points)" in out
