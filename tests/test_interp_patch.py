@@ -166,3 +166,29 @@ def test_cli_patch_on_a_trained_checkpoint(tmp_path: Path) -> None:
     )  # fmt: skip
     assert logprob.returncode == 0, logprob.stderr[-3000:]
     assert not (tmp_path / "logprob" / "patch_heads.csv").exists()
+
+
+def classifier_checkpoint(tmp_path: Path) -> Path:
+    """A tiny GPT classifier checkpoint (random weights and head), shaped like `lmlab train task=classification`'s."""
+    from lmlab.tasks import ClassificationTask
+    from lmlab.tokenizers import CharTokenizerConfig
+
+    tokenizer = CharTokenizerConfig(["<pad>"]).train([TINY_TEXT + "abcdefghijklmnopqrstuvwxyz"])
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    torch.manual_seed(0)
+    task = ClassificationTask(model=config, num_classes=2, label_names=["neg", "pos"], pooling="last")
+    torch.nn.init.normal_(task.head[1].weight, std=1.0)  # a head that separates the classes a little
+    target = "lmlab.tasks.ClassificationTask"
+    checkpoint = {"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams),
+                  "lmlab": {"tokenizer": tokenizer.to_dict(), "config": {"task": {"_target_": target}}}}  # fmt: skip
+    torch.save(checkpoint, tmp_path / "classifier.ckpt")
+    return tmp_path / "classifier.ckpt"
+
+
+def test_patch_command_reads_a_classifiers_class_logits(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpt = classifier_checkpoint(tmp_path)
+    result = patch(patch_cfg(tmp_path, "answers=[pos,neg]", ckpt=ckpt))
+    grid = result.recovered(result.resid)
+    assert grid.shape == (2, 13) and grid[0, 11].item() == pytest.approx(1.0, abs=1e-3)
+    err = one_line_error(patch, patch_cfg(tmp_path, "answers=[good,neg]", ckpt=ckpt), capsys)
+    assert "answer 'good' is not a class of this classifier; choose from ['neg', 'pos']" in err
