@@ -49,15 +49,18 @@ def test_cache_holds_exactly_the_requested_names_and_leaves_logits_unchanged() -
 
 @pytest.mark.parametrize("positions", ["learned", "rope"])
 def test_residual_stream_adds_up_and_ends_in_the_final_norm(positions: str) -> None:
-    model = tiny_gpt(pos_embedding=positions)
+    model = tiny_gpt(pos_embedding=positions, norm="rmsnorm" if positions == "rope" else "layernorm")
+    with torch.no_grad():
+        model.ln_f.weight.uniform_(0.5, 1.5)
     _, cache = run_with_cache(model, IDS)
     for i in range(2):
         mid = cache[f"blocks.{i}.hook_resid_pre"] + cache[f"blocks.{i}.hook_attn_out"]
         assert torch.allclose(cache[f"blocks.{i}.hook_resid_mid"], mid, atol=1e-6)
         post = cache[f"blocks.{i}.hook_resid_mid"] + cache[f"blocks.{i}.hook_mlp_out"]
         assert torch.allclose(cache[f"blocks.{i}.hook_resid_post"], post, atol=1e-6)
-    final = model.ln_f(cache["blocks.1.hook_resid_post"])
-    assert torch.allclose(cache["ln_final.hook_normalized"], final, atol=1e-6)
+    final = model.ln_f(cache["blocks.1.hook_resid_post"])  # the norm's output = normalized * gain (no bias here)
+    assert torch.allclose(cache["ln_final.hook_normalized"] * model.ln_f.weight, final, atol=1e-5)
+    assert not torch.allclose(cache["ln_final.hook_normalized"], final, atol=1e-3)  # before the (random) gain
     assert ("hook_pos_embed" in cache) == (positions == "learned")
 
 

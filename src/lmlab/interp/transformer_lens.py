@@ -14,9 +14,8 @@ favour of `TransformerBridge`, which boots from Transformers models; `lmlab expo
 | MLP `fc`, `proj`, exact GELU    | `W_in` (C, 4C), `W_out` (4C, C), `act_fn="gelu"`                       |
 | tied `lm_head`                  | `W_U` = the token embedding, transposed; `b_U` zeros                   |
 
-The weights are loaded unprocessed, so logits and activations equal lmlab's under the same names, with one
-difference of meaning: lmlab's `ln_final.hook_normalized` is the final norm's output (what the unembedding
-reads), TransformerLens's is before the norm's gain and bias. TransformerLens's own
+The weights are loaded unprocessed, so logits and activations equal lmlab's under the same names (lmlab's
+`hook_pos_embed` is (T, C), broadcast over the batch; TransformerLens's is (B, T, C)). TransformerLens's own
 `from_pretrained` also folds norms and centres weights; call `hooked.process_weights_()` for that (it changes
 activations, and `center_unembed` shifts logits by a constant per position, but not probabilities).
 """
