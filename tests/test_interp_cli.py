@@ -157,3 +157,31 @@ def test_lens_refuses_a_family_without_a_residual_stream(tmp_path: Path) -> None
     corpus.write_text(TINY_TEXT, encoding="utf-8")
     with pytest.raises(LmlabError, match="logit lens reads a causal LM's next-token head, which a ngram model"):
         run_lens(tmp_path, f"ckpt={ckpt}", f"input={corpus}")
+
+
+@pytest.mark.slow
+def test_inspect_and_lens_run_from_the_command_line_on_a_trained_checkpoint(tmp_path: Path, tiny_corpus: Path) -> None:
+    from tests.helpers.cli import run_cli
+
+    env = {"LMLAB_CACHE": str(tmp_path / "cache")}
+    data = ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]", "data.max_val_tokens=512"]
+    tiny = ["model.n_layer=2", "model.n_head=2", "model.n_embd=16", "model.block_size=32", "trainer.max_steps=6",
+            "trainer.val_check_interval=6", "logger=csv", "sample.max_new_tokens=4"]  # fmt: skip
+    trained = run_cli("train", *data, *tiny, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    look = run_cli("inspect", f"ckpt={tmp_path / 'run'}", "text=First Citizen:\\nBefore", "cache=true",
+                   f"hydra.run.dir={tmp_path / 'inspect'}", cwd=tmp_path, env=env, timeout=600)  # fmt: skip
+    assert look.returncode == 0, look.stderr[-3000:]
+    assert "tokens.html" in look.stdout and "W&B run" in look.stdout  # offline in tests
+    assert {"tokens.html", "tokens.csv", "cache.safetensors", "summary.json", "tensorboard", "wandb"} <= {
+        p.name for p in (tmp_path / "inspect").iterdir()
+    }
+    assert sorted(p.name for p in (tmp_path / "inspect" / "attention").iterdir()) == ["layer0.png", "layer1.png"]
+    lens = run_cli("lens", f"ckpt={tmp_path / 'run'}", "tuned=true", "tuned_steps=3", "wandb=false",
+                   f"hydra.run.dir={tmp_path / 'lens'}", cwd=tmp_path, env=env, timeout=600)  # fmt: skip
+    assert lens.returncode == 0, lens.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "lens" / "lens.csv").open(encoding="utf-8")))
+    assert [r["layer"] for r in rows] == ["embed", "1", "2"] * 2  # the validation split, read by both lenses
+    too_long = run_cli("inspect", f"ckpt={tmp_path / 'run'}", "text=" + "a" * 40, cwd=tmp_path, env=env)
+    assert too_long.returncode == 1 and "Traceback" not in too_long.stderr
+    assert too_long.stderr.strip().splitlines()[-1].startswith("error: the text is 40 tokens, longer than")

@@ -136,7 +136,8 @@ def test_an_ngram_model_has_no_hook_points() -> None:
 def test_cache_saves_as_safetensors(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    _, cache = run_with_cache(tiny_gpt(), IDS, names=lambda name: "resid_post" in name)
+    _, cache = run_with_cache(tiny_gpt(), IDS, names=lambda name: "resid_post" in name or "resid_pre" in name)
     path = cache.save(tmp_path / "cache.safetensors")
     assert {name: t.shape for name, t in load_file(path).items()} == {name: t.shape for name, t in cache.items()}
     assert cache.layer_stack("hook_resid_post").shape == (2, 3, 12, 16)
+    assert torch.equal(load_file(path)["blocks.1.hook_resid_pre"], cache["blocks.0.hook_resid_post"])  # one tensor
