@@ -2,6 +2,7 @@
 
     python scripts/bench_train.py                  # CPU, fp32: the comparisons below, 7 rounds (~8 min on 2 cores)
     python scripts/bench_train.py --rounds 5 --threads 2
+    python scripts/bench_train.py --hook-points    # CPU: the default GPT with its hook points vs without (~3 min)
     python scripts/bench_train.py --gpu            # CUDA: the 124 M GPT-2 shape in bf16, tokens/s and MFU
     python scripts/bench_train.py --gpu model.compile=true data.batch_size=32 --plain --hf   # + a hand-written
                                                    # loop and HF's Trainer on the same batches
@@ -17,6 +18,11 @@ are the medians of per-round ratios (the machine's speed drifts between rounds, 
       fp32 matmul peak measured in the same round (2048² products).
 Only steady-state steps count: the first `--warmup` steps of each segment are dropped.
 
+`--hook-points` times the default experiment's GPT through lmlab's Trainer path as it is, with the interpretability
+hook points (`HookPoint`, ~55 per forward pass) present but unused, against the same model with every hook point
+bypassed (its call replaced by a plain identity function, as if the calls were not there); rounds rotate the order,
+and the ratio is the median of per-round ratios (target: >= 0.99).
+
 GPU mode trains the GPT-2 small shape (12/12/768, block 1024, vocabulary 50,304 as nanoGPT pads it) through
 lmlab's Trainer path on random tokens with `hardware=gpu` (bf16-mixed) unless overridden, and prints steady-state
 tokens/s and MFU against the GPU's peak from Lightning's table; `--plain` and `--hf` time a hand-written loop and
@@ -26,11 +32,12 @@ tokens/s and MFU against the GPU's peak from Lightning's table; `--plain` and `-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -222,6 +229,49 @@ def cpu_bench(args: argparse.Namespace) -> None:
     report(results, big.task.model.flops_per_token())
 
 
+@contextlib.contextmanager
+def hook_points_bypassed() -> Iterator[None]:
+    """Every `HookPoint` called as a plain function instead of an `nn.Module` (what the model cost without them)."""
+    from lmlab.models.layers import HookPoint
+
+    HookPoint.__call__ = lambda self, x: x
+    try:
+        yield
+    finally:
+        del HookPoint.__call__
+
+
+def hook_points_bench(args: argparse.Namespace) -> None:
+    """Training tokens/s of the default GPT with its hook points present (unused) vs bypassed, side by side."""
+    torch.set_num_threads(args.threads)
+    tmp = tempfile.mkdtemp(prefix="lmlab-bench-hooks-")
+    cfg = compose_config(args.steps, list(args.overrides), tmp)
+    datamodule = build_datamodule(cfg)
+    torch.manual_seed(0)
+    task = build_task(cfg, datamodule.tokenizer)
+    batches = fixed_batches(datamodule, args.steps)
+    tokens = (args.steps - args.warmup) * batches[0][0].numel()
+    with open_dict(cfg):
+        cfg.callbacks.throughput.peak_flops = 1e11  # no calibration inside the timed path
+
+    def bypassed() -> float:
+        with hook_points_bypassed():
+            return lmlab_path(copy.deepcopy(task), cfg, batches, args.warmup)
+
+    paths = {"with hook points": lambda: lmlab_path(copy.deepcopy(task), cfg, batches, args.warmup),
+             "bypassed": bypassed}  # fmt: skip
+    results: dict[str, list[float]] = {}
+    for round_ in range(args.rounds):
+        for path, seconds in round_robin(paths, round_).items():
+            results.setdefault(path, []).append(tokens / seconds)
+        print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in results.items()) + " tokens/s")
+    ratio = median_ratio(results, "with hook points", "bypassed")
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(f"\ndefault GPT, {args.steps - args.warmup} timed steps x {args.rounds} rounds: with hook points "
+          f"{med['with hook points']:,.0f} tokens/s, bypassed {med['bypassed']:,.0f} tokens/s")  # fmt: skip
+    print(f"  {'met ' if ratio >= 0.99 else 'MISS'} with / without >= 0.99: {ratio:.4f} (median of per-round ratios)")
+
+
 def median_ratio(results: dict[str, list[float]], a: str, b: str) -> float:
     return statistics.median(x / y for x, y in zip(results[a], results[b], strict=True))
 
@@ -360,6 +410,7 @@ def main() -> None:
     parser.add_argument("--big-warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--gpu", action="store_true", help="the GPT-2 small shape on CUDA instead (bf16-mixed)")
+    parser.add_argument("--hook-points", action="store_true", help="the default GPT with hook points vs without")
     parser.add_argument("--vocab-size", type=int, default=50304, help="GPU mode: the model's vocabulary")
     parser.add_argument("--plain", action="store_true", help="GPU mode: also time a hand-written loop (one GPU)")
     parser.add_argument(
@@ -372,7 +423,7 @@ def main() -> None:
         gpu_bench(args)
     else:
         args.steps, args.warmup = args.steps or 200, args.warmup if args.warmup is not None else 30
-        cpu_bench(args)
+        hook_points_bench(args) if args.hook_points else cpu_bench(args)
 
 
 if __name__ == "__main__":

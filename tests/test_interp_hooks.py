@@ -49,15 +49,18 @@ def test_cache_holds_exactly_the_requested_names_and_leaves_logits_unchanged() -
 
 @pytest.mark.parametrize("positions", ["learned", "rope"])
 def test_residual_stream_adds_up_and_ends_in_the_final_norm(positions: str) -> None:
-    model = tiny_gpt(pos_embedding=positions)
+    model = tiny_gpt(pos_embedding=positions, norm="rmsnorm" if positions == "rope" else "layernorm")
+    with torch.no_grad():
+        model.ln_f.weight.uniform_(0.5, 1.5)
     _, cache = run_with_cache(model, IDS)
     for i in range(2):
         mid = cache[f"blocks.{i}.hook_resid_pre"] + cache[f"blocks.{i}.hook_attn_out"]
         assert torch.allclose(cache[f"blocks.{i}.hook_resid_mid"], mid, atol=1e-6)
         post = cache[f"blocks.{i}.hook_resid_mid"] + cache[f"blocks.{i}.hook_mlp_out"]
         assert torch.allclose(cache[f"blocks.{i}.hook_resid_post"], post, atol=1e-6)
-    final = model.ln_f(cache["blocks.1.hook_resid_post"])
-    assert torch.allclose(cache["ln_final.hook_normalized"], final, atol=1e-6)
+    final = model.ln_f(cache["blocks.1.hook_resid_post"])  # the norm's output = normalized * gain (no bias here)
+    assert torch.allclose(cache["ln_final.hook_normalized"] * model.ln_f.weight, final, atol=1e-5)
+    assert not torch.allclose(cache["ln_final.hook_normalized"], final, atol=1e-3)  # before the (random) gain
     assert ("hook_pos_embed" in cache) == (positions == "learned")
 
 
@@ -133,7 +136,8 @@ def test_an_ngram_model_has_no_hook_points() -> None:
 def test_cache_saves_as_safetensors(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    _, cache = run_with_cache(tiny_gpt(), IDS, names=lambda name: "resid_post" in name)
+    _, cache = run_with_cache(tiny_gpt(), IDS, names=lambda name: "resid_post" in name or "resid_pre" in name)
     path = cache.save(tmp_path / "cache.safetensors")
     assert {name: t.shape for name, t in load_file(path).items()} == {name: t.shape for name, t in cache.items()}
     assert cache.layer_stack("hook_resid_post").shape == (2, 3, 12, 16)
+    assert torch.equal(load_file(path)["blocks.1.hook_resid_pre"], cache["blocks.0.hook_resid_post"])  # one tensor

@@ -67,6 +67,13 @@ def test_bench_train_cpu_mode_prints_every_comparison(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_bench_train_hook_points_mode_times_both_variants(tmp_path: Path) -> None:
+    out = run_bench(tmp_path, "--hook-points", "--rounds", "2", "--steps", "4", "--warmup", "1", "model.n_layer=1")
+    assert len(re.findall(r"^round \d: with hook points [\d,]+, bypassed [\d,]+ tokens/s$", out, flags=re.M)) == 2
+    assert 0.3 < rates(r"with / without >= 0.99: ([\d.]+)", out)[0] < 3
+
+
+@pytest.mark.slow
 def test_bench_train_gpu_mode_times_plain_and_hf_on_the_same_batches(tmp_path: Path) -> None:
     """GPU mode's three paths, run on the CPU with a tiny model (the H200 run is `scripts/gpu_check.sh`)."""
     tiny = ["hardware=cpu", "model=gpt", "model.block_size=16", "model.n_layer=1", "model.n_embd=16",

@@ -38,7 +38,8 @@ def plot_confusion_matrix(matrix: np.ndarray, label_names: Sequence[str], path: 
     return path
 
 
-def _figure(width: float = 7.0, height: float = 4.5) -> tuple[Any, Any]:
+def new_figure(width: float = 7.0, height: float = 4.5) -> tuple[Any, Any]:
+    """A figure on the Agg canvas and its one axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -47,7 +48,8 @@ def _figure(width: float = 7.0, height: float = 4.5) -> tuple[Any, Any]:
     return fig, fig.add_subplot()
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out and write `fig` as a PNG at `path` (folders made); returns the path."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +59,7 @@ def _save(fig: Any, path: str | Path) -> Path:
 
 def plot_curves(curves: dict[str, Sequence[tuple[int, float]]], metric: str, path: str | Path, title: str = "") -> Path:
     """One line per run of a metric against the training step (e.g. val/loss of every job of a sweep)."""
-    fig, ax = _figure()
+    fig, ax = new_figure()
     for label, points in curves.items():
         steps, values = zip(*points, strict=True)
         ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=label)
@@ -67,7 +69,7 @@ def plot_curves(curves: dict[str, Sequence[tuple[int, float]]], metric: str, pat
     ax.grid(alpha=0.3)
     if len(curves) <= 20:  # past that a legend hides the lines
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_metric_vs_setting(
@@ -76,7 +78,7 @@ def plot_metric_vs_setting(
     """A metric against the values of one setting: numbers on a numeric axis (logarithmic when they span a decade
     or more) with a line through the best run per value, anything else as categories. Several runs per value (a
     grid over other settings) give several points."""
-    fig, ax = _figure(6.0, 4.0)
+    fig, ax = new_figure(6.0, 4.0)
     numbers = [_as_float(x) for x, _ in points]
     ys = [y for _, y in points]
     if all(n is not None for n in numbers):
@@ -95,7 +97,7 @@ def plot_metric_vs_setting(
     ax.set_xlabel(setting)
     ax.set_ylabel(f"{metric} (final)")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _as_float(text: str) -> float | None:

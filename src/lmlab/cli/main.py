@@ -15,6 +15,8 @@ COMMANDS = {
     "eval": ("lmlab.cli.eval", "evaluate a checkpoint: loss, perplexity, bits per byte (accuracy/F1 for classifiers)"),
     "predict": ("lmlab.cli.predict", "classify texts with a checkpoint: lmlab predict ckpt=RUN input=FILE output=FILE"),
     "export": ("lmlab.cli.export", "export a checkpoint to Hugging Face format: lmlab export ckpt=RUN out=DIR"),
+    "inspect": ("lmlab.cli.inspect", "look inside a checkpoint on a text: per-token loss page, attention maps, cache"),
+    "lens": ("lmlab.cli.lens", "the logit lens (and tuned lens): what each layer predicts, loss per layer"),
     "probe": ("lmlab.cli.probe", "linear probes of each layer's residual stream: lmlab probe ckpt=RUN data=..."),
     "patch": ("lmlab.cli.patch", "activation patching, layer x position: lmlab patch ckpt=RUN clean=... corrupted=..."),
     "report": ("lmlab.cli.report", "rank the runs of a sweep, write report.md/.csv and plots: lmlab report DIR"),

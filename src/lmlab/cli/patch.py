@@ -105,7 +105,7 @@ def write_grid(path: Path, values: Any, rows: list[str], columns: list[str]) -> 
 
 def write_results(run_dir: Path, result: PatchResult, tokens: list[str], meta: dict[str, Any]) -> list[Path]:
     """patch_resid.csv/.png, patch_heads.csv/.png (with per-head hooks) and patch.json, as normalised recovery."""
-    from lmlab.analysis.interp_plots import plot_patch_heatmap
+    from lmlab.interp.plots import plot_patch_heatmap
     from lmlab.io import atomic_write_text
 
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -133,7 +133,7 @@ def windows_of(text: str, loaded: LoadedCheckpoint, tokens: int, label: str) -> 
 
 def write_results(run_dir: Path, result: ProbeResult, meta: dict[str, Any]) -> list[Path]:
     """probe.csv (a row per layer), probe.json (the rows and what was probed) and probe.png (the curve)."""
-    from lmlab.analysis.interp_plots import plot_probe_accuracy
+    from lmlab.interp.plots import plot_probe_accuracy
     from lmlab.io import atomic_write_text
 
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -129,6 +129,43 @@ class EvalSchema:
 
 
 @dataclasses.dataclass
+class InspectSchema:
+    task_name: str = MISSING
+    output_dir: str = MISSING
+    ckpt: str = MISSING
+    text: str | None = MISSING
+    input: str | None = MISSING
+    top_k: int = MISSING
+    attention: bool = MISSING
+    layers: list[int] | None = MISSING
+    cache: bool = MISSING
+    cache_names: list[str] | None = MISSING
+    tensorboard: bool = MISSING
+    wandb: bool = MISSING
+    device: str = MISSING
+
+
+@dataclasses.dataclass
+class LensSchema:
+    data: Any = None  # a data config group choice (untyped: any data config), or null
+    task_name: str = MISSING
+    output_dir: str = MISSING
+    ckpt: str = MISSING
+    input: str | None = MISSING
+    max_tokens: int | None = MISSING
+    batch_size: int | None = MISSING
+    text: str | None = MISSING
+    positions: int = MISSING
+    tuned: bool = MISSING
+    tuned_steps: int = MISSING
+    tuned_lr: float = MISSING
+    tensorboard: bool = MISSING
+    wandb: bool = MISSING
+    device: str = MISSING
+    cache_dir: str = MISSING
+
+
+@dataclasses.dataclass
 class PredictSchema:
     ckpt: str = MISSING
     input: str = MISSING
@@ -189,6 +226,8 @@ COMMAND_SCHEMAS = {
     "chat": ChatSchema,
     "eval": EvalSchema,
     "predict": PredictSchema,
+    "inspect": InspectSchema,
+    "lens": LensSchema,
     "export": ExportSchema,
     "probe": ProbeSchema,
     "patch": PatchSchema,

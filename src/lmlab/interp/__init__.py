@@ -4,6 +4,7 @@ probes and activation patching."""
 from lmlab.interp.hooks import ActivationCache, hook_names, hooks_attached, run_with_cache, run_with_hooks
 from lmlab.interp.patching import PatchResult, patch_grid, recovery
 from lmlab.interp.probe import ProbeResult, fit_probes, probe_layers
+from lmlab.interp.transformer_lens import to_hooked_transformer
 
 __all__ = [
     "ActivationCache",
@@ -17,4 +18,5 @@ __all__ = [
     "recovery",
     "run_with_cache",
     "run_with_hooks",
+    "to_hooked_transformer",
 ]

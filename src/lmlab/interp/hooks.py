@@ -176,12 +176,13 @@ class ActivationCache(dict[str, torch.Tensor]):
         return torch.stack([self[name] for _, name in found])
 
     def save(self, path: str | Path) -> Path:
-        """Write the cache to a safetensors file (contiguous CPU copies); returns the path."""
+        """Write the cache to a safetensors file; returns the path."""
         from safetensors.torch import save_file
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({name: tensor.detach().cpu().contiguous() for name, tensor in self.items()}, str(path))
+        # copies: one tensor can sit under two names (a block's resid_post is the next one's resid_pre)
+        save_file({name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in self.items()}, str(path))
         return path
 
 

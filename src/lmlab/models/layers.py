@@ -366,7 +366,7 @@ class TransformerBody(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, causal) for _ in range(config.n_layer))
         self.ln_f = make_norm(config)
-        self.ln_final = nn.ModuleDict({"hook_normalized": HookPoint()})  # (B, T, C) after ln_f; named as in TL
+        self.ln_final = nn.ModuleDict({"hook_normalized": HookPoint()})  # (B, T, C) ln_f before its gain, as in TL
         name_hook_points(self)
 
     def embed(self, idx: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -396,5 +396,16 @@ class TransformerBody(nn.Module):
         return self.final_norm(x)
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
-        """The last norm of the stack (B, T, C) -> (B, T, C), through `ln_final.hook_normalized`."""
-        return self.ln_final["hook_normalized"](self.ln_f(x))
+        """The last norm of the stack (B, T, C) -> (B, T, C). While `ln_final.hook_normalized` is hooked, it is
+        computed in two steps so the hook sees what TransformerLens's does: normalised, before the gain and bias."""
+        hook = self.ln_final["hook_normalized"]
+        if not hook.active:
+            return self.ln_f(x)
+        norm = self.ln_f
+        if isinstance(norm, nn.RMSNorm):
+            eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
+            normalized = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        else:
+            normalized = F.layer_norm(x, norm.normalized_shape, eps=norm.eps)
+        y = hook(normalized) * norm.weight
+        return y + norm.bias if getattr(norm, "bias", None) is not None else y
