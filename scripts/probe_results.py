@@ -13,7 +13,7 @@ the Shakespeare probes windows from the corpus's last tenth) and the wall time o
 - `sentiment`: a 4-layer GPT classifier trained from scratch on Rotten Tomatoes (BPE, mean pooling, 3 epochs), and
   the same model with no training (`trainer.max_steps=0`): what the fine-tuning wrote into the residual stream,
   against what mean-pooled random embeddings already give. Probed on mean-pooled texts.
-- `shakespeare`: the char-level Shakespeare GPT (`experiment=shakespeare_char`, shorter budget), probed per token
+- `shakespeare`: the char-level Shakespeare GPT of the default `lmlab train` (`experiment=shakespeare_char`), per token
   for `next_vowel` (the next character is a vowel) and `speaker` (inside a speaker's name).
 """
 
@@ -33,7 +33,7 @@ SENTIMENT_MODEL = ["task=classification", "data=rotten_tomatoes", "tokenizer=bpe
 TRAIN: dict[str, list[str]] = {
     "sentiment_gpt": [*SENTIMENT_MODEL, "trainer.max_steps=642"],  # three epochs of the 6,824 training sentences
     "sentiment_untrained": [*SENTIMENT_MODEL, "trainer.max_steps=0"],
-    "shakespeare_char": ["experiment=shakespeare_char", "trainer.max_steps=1500"],
+    "shakespeare_char": ["experiment=shakespeare_char"],  # the default `lmlab train` (2,000 steps): the README's model
 }
 """Training runs by name: `lmlab train` overrides."""
 

@@ -200,3 +200,16 @@ def test_sft_results_quick_runs_every_stage_and_prints_the_table(tmp_path: Path)
     padding = {name: float(rows[name][5].rstrip("%")) for name in ("chat_smollm2_packed", "chat_smollm2_unpacked")}
     assert 0 < padding["chat_smollm2_packed"] < padding["chat_smollm2_unpacked"], padding
     assert rows["peoples_daily_chat_pretrain"][0] == "-" and rows["peoples_daily_chat_pretrain"][-1].endswith(" min |")
+
+
+@pytest.mark.slow
+def test_probe_results_quick_trains_probes_and_prints_a_table_per_probe(tmp_path: Path) -> None:
+    env = {**os.environ, "LMLAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
+    done = subprocess.run([sys.executable, str(SCRIPTS / "probe_results.py"), "--quick", "--out", str(tmp_path / "pr")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    tables = re.findall(r"^(\w+): .*; (\d+) examples; probe wall time [\d.]+ s$", done.stdout, flags=re.M)
+    assert sorted(name for name, _ in tables) == ["sentiment_gpt", "sentiment_untrained", "shakespeare_next_vowel",
+                                                  "shakespeare_speaker"]  # fmt: skip
+    best = re.findall(r"^best layer (\w+): ([\d.]+) vs majority ([\d.]+)", done.stdout, flags=re.M)
+    assert len(best) == 4 and all(0 <= float(acc) <= 1 and 0.5 <= float(majority) <= 1 for _, acc, majority in best)
