@@ -83,9 +83,8 @@ def first_text(cfg: DictConfig, loaded: LoadedCheckpoint, loader: DataLoader, de
     if cfg.text is not None:
         from lmlab.interp.inspect import encode_text
 
-        return encode_text(unescape(cfg.text), loaded.tokenizer.encode, loaded.model_config.block_size)[
-            :, : cfg.positions
-        ].to(device)
+        ids = encode_text(unescape(cfg.text), loaded.tokenizer.encode, loaded.model_config.block_size)
+        return ids[:, : cfg.positions].to(device)
     x, _ = next(iter(loader))
     return torch.as_tensor(x[:1, : cfg.positions]).to(device)
 
