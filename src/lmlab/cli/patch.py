@@ -156,7 +156,9 @@ def patch(cfg: DictConfig) -> PatchResult:
         raise LmlabError(f"metric={cfg.metric} needs {2 if cfg.metric == 'logit_diff' else 1} answers, got "
                          f"{len(answers)}; e.g. answers='[\" good\",\" bad\"]'")  # fmt: skip
     indices = answer_indices(loaded, answers, labels)
-    clean, corrupted = prompt_ids(loaded, cfg.clean, cfg.corrupted, labels is not None)
+    from lmlab.cli.generate import unescape
+
+    clean, corrupted = prompt_ids(loaded, unescape(cfg.clean), unescape(cfg.corrupted), labels is not None)
     result = patch_grid(model, scores, clean.to(device), corrupted.to(device), indices, cfg.metric, cfg.heads)
     tokens = token_names(loaded, clean)
     meta = {"ckpt": str(loaded.path), "clean": cfg.clean, "corrupted": cfg.corrupted, "answers": answers,
