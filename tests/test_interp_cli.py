@@ -142,11 +142,11 @@ def test_lens_over_a_file_writes_its_table_and_pictures(lm: Path, tmp_path: Path
     assert set(stats) == {"logit lens", "tuned lens"}
     rows = list(csv.DictReader((out / "lens.csv").open(encoding="utf-8")))
     assert [(r["lens"], r["layer"]) for r in rows] == [(n, layer) for n in ("logit lens", "tuned lens")
-                                                       for layer in ("embed", "1")]  # fmt: skip
+                                                       for layer in ("embed", "0")]  # fmt: skip
     assert float(rows[1]["kl_to_final"]) == pytest.approx(0.0, abs=1e-6) and float(rows[1]["agreement"]) == 1.0
     assert rows[1]["loss"] == rows[3]["loss"]  # the last layer is read as it is, tuned or not
     tokens = list(csv.reader((out / "lens_tokens.csv").open(encoding="utf-8")))
-    assert tokens[0][0] == "layer" and len(tokens[0]) == 13 and [r[0] for r in tokens[1:]] == ["embed", "1"]
+    assert tokens[0][0] == "layer" and len(tokens[0]) == 13 and [r[0] for r in tokens[1:]] == ["embed", "0"]
     for name in ("lens_loss.png", "lens_tokens.png", "lens_tokens_tuned.png"):
         assert (out / name).stat().st_size > 1000
 
@@ -181,7 +181,7 @@ def test_inspect_and_lens_run_from_the_command_line_on_a_trained_checkpoint(tmp_
                    f"hydra.run.dir={tmp_path / 'lens'}", cwd=tmp_path, env=env, timeout=600)  # fmt: skip
     assert lens.returncode == 0, lens.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "lens" / "lens.csv").open(encoding="utf-8")))
-    assert [r["layer"] for r in rows] == ["embed", "1", "2"] * 2  # the validation split, read by both lenses
+    assert [r["layer"] for r in rows] == ["embed", "0", "1"] * 2  # the validation split, read by both lenses
     too_long = run_cli("inspect", f"ckpt={tmp_path / 'run'}", "text=" + "a" * 40, cwd=tmp_path, env=env)
     assert too_long.returncode == 1 and "Traceback" not in too_long.stderr
     assert too_long.stderr.strip().splitlines()[-1].startswith("error: the text is 40 tokens, longer than")

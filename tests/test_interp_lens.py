@@ -46,7 +46,7 @@ def test_lens_stats_end_at_zero_kl_and_full_agreement() -> None:
     y = IDS.roll(-1, dims=1).clone()
     y[:, -1] = -100  # not scored
     stats = lens_stats(model, [(IDS, y)], torch.device("cpu"))
-    assert stats.labels == ["embed", "1", "2", "3"] and stats.tokens == 3 * 11
+    assert stats.labels == ["embed", "0", "1", "2"] and stats.tokens == 3 * 11
     assert stats.kl_to_final[-1] == pytest.approx(0.0, abs=1e-6) and stats.agreement[-1] == 1.0
     with torch.no_grad():
         expected = torch.nn.functional.cross_entropy(model(IDS)[:, :-1].reshape(-1, 40), IDS[:, 1:].reshape(-1))
@@ -57,7 +57,7 @@ def test_lens_stats_end_at_zero_kl_and_full_agreement() -> None:
 def test_top_tokens_per_layer_and_position() -> None:
     model = tiny_gpt()
     top = top_tokens(model, IDS[:1], decode=lambda ids: f"<{ids[0]}>")
-    assert top.labels == ["embed", "1", "2", "3"] and len(top.inputs) == 12
+    assert top.labels == ["embed", "0", "1", "2"] and len(top.inputs) == 12
     assert top.tokens[-1] == [f"<{int(i)}>" for i in model(IDS[:1])[0].argmax(-1)]
     assert all(0 < p <= 1 for row in top.probs for p in row)
 

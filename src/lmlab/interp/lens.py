@@ -2,8 +2,8 @@
 unembedding, as if the model stopped there; and the tuned lens (Belrose et al., 2023): one learned affine map per
 layer before that readout, trained to match the final layer's predictions on the frozen model.
 
-Layer 0 is the embedding (`blocks.0.hook_resid_pre`), layer i the stream after block i (`blocks.{i-1}.
-hook_resid_post`): the last layer read through the lens is the model's own output.
+Layer `embed` is the stream entering the first block (`blocks.0.hook_resid_pre`), layer `i` the stream after block i
+(`blocks.{i}.hook_resid_post`): the last layer read through the lens is the model's own output.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def residual_names(depth: int) -> list[str]:
 
 
 def layer_labels(depth: int) -> list[str]:
-    """`embed`, then the number of blocks each later stream has passed through."""
-    return ["embed", *(str(i + 1) for i in range(depth))]
+    """`embed`, then `i` for the stream after block i (as `lmlab probe` names layers)."""
+    return ["embed", *(str(i) for i in range(depth))]
 
 
 def residual_streams(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
