@@ -197,15 +197,28 @@ def _sequence_bias(tokenizer: Tokenizer, bias: Mapping[str, float] | Sequence[Se
 
 
 def _forced_eos(tokenizer: Tokenizer, max_length: int, eos: str | None = None) -> LogitsProcessor:
-    if eos is None:
-        eos_id = tokenizer.special_ids().get("eos")
-        if eos_id is None:
+    return ForcedEOS(int(max_length), end_token(tokenizer, eos))
+
+
+def end_token(tokenizer: Tokenizer, text: str | None = None) -> int:
+    """The id of the special token or single token `text`; None: the tokenizer's end of sequence, else the end of
+    turn of its chat template (so a forced end also ends a chat reply)."""
+    from lmlab.tokenizers.templates import END_OF_TURN, special_token_id  # (imports the chat templates)
+
+    if text is None:
+        found = tokenizer.special_ids().get("eos")
+        for turn_end in (getattr(tokenizer, "end_of_turn", None), END_OF_TURN):
+            found = special_token_id(tokenizer, turn_end) if found is None and turn_end else found
+        if found is None:
             raise LmlabError("forced_eos: this tokenizer has no end-of-sequence token; name one, e.g. eos='\\n'")
-        return ForcedEOS(int(max_length), eos_id)
-    ids = _encode(tokenizer, eos, "forced_eos")
+        return found
+    found = special_token_id(tokenizer, text)
+    if found is not None:
+        return found
+    ids = _encode(tokenizer, text, "forced_eos")
     if len(ids) != 1:
-        raise LmlabError(f"forced_eos: eos={eos!r} is {len(ids)} tokens; give the text of one token")
-    return ForcedEOS(int(max_length), ids[0])
+        raise LmlabError(f"forced_eos: eos={text!r} is {len(ids)} tokens; give the text of one token")
+    return ids[0]
 
 
 PROCESSORS: dict[str, Callable[..., LogitsProcessor]] = {
