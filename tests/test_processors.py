@@ -226,10 +226,15 @@ def test_the_repetition_penalty_processor_equals_the_option() -> None:
     assert torch.equal(option, processor)
 
 
-def test_apply_processors_without_padding_runs_the_chain_in_order() -> None:
+def test_apply_processors_runs_the_chain_in_order_on_each_rows_real_ids() -> None:
     logits, ids = random_case(3)
     out = apply_processors(logits, ids, [ForcedEOS(T + 1, 2), SequenceBias({(2,): -1.0})])
     assert out[:, 2].eq(-1.0).all() and torch.isinf(out).sum() == B * (V - 1)
+    pad = torch.tensor([0, 3, 0, 5])  # rows 1 and 3 start later: their first ids are padding
+    forced = apply_processors(logits, ids, [ForcedEOS(T - 2, 2)], pad)  # T - 3 real ids: row 1 only
+    assert torch.isinf(forced).sum(dim=-1).tolist() == [0, V - 1, 0, 0]
+    assert torch.equal(apply_processors(logits, ids, [NoRepeatNGram(2)], pad.tolist()),
+                       apply_processors(logits, ids, [NoRepeatNGram(2)], pad))  # fmt: skip
 
 
 # --- from config -------------------------------------------------------------------------------------------------
@@ -296,6 +301,7 @@ def test_bad_processor_values_are_errors_naming_the_fix() -> None:
         ({"name": "forced_eos", "max_length": 5, "eos": "the"}, "is 3 tokens"),
         ({"name": "bad_words"}, "needs words"),
         ({"name": "sequence_bias", "bias": {"": 1.0}}, "encodes to no tokens"),
+        ({"name": "repetition_penalty", "penalty": "lots"}, "processor repetition_penalty: could not convert"),
     ]:
         with pytest.raises(LmlabError, match=match):
             build_processors([spec], tokenizer)

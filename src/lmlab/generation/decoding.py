@@ -155,6 +155,7 @@ def decode_steps(
     prompt_ids, pad = left_pad(prompts, device)
     decoder = make_decoder(model, block_size, pad, use_cache)
     penalise = options.repetition_penalty != 1.0
+    pads = pad.tolist()  # the processors group rows by padding on the host
     S = prompt_ids.size(1)
     tokens = prompt_ids.new_empty((prompt_ids.size(0), S + max_new_tokens))  # (B, S + N), filled step by step
     tokens[:, :S] = prompt_ids
@@ -165,7 +166,7 @@ def decode_steps(
             logits = decoder(tokens[:, :end]).float()  # (B, V)
             if penalise:
                 logits = apply_repetition_penalty(logits, seen_ids(tokens[:, :end], pad), options.repetition_penalty)
-            logits = apply_processors(logits, tokens[:, :end], processors, pad)
+            logits = apply_processors(logits, tokens[:, :end], processors, pads)
             if not options.greedy:
                 logits = process_logits(logits, None, options)
             tokens[:, end : end + 1] = draw(logits, options.greedy, generators)  # (B, 1)

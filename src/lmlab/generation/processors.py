@@ -142,21 +142,26 @@ class ForcedEOS:
 
 
 def apply_processors(
-    logits: torch.Tensor, ids: torch.Tensor, processors: Sequence[LogitsProcessor], pad: torch.Tensor | None = None
+    logits: torch.Tensor,
+    ids: torch.Tensor,
+    processors: Sequence[LogitsProcessor],
+    pad: torch.Tensor | Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Run `processors` in order on logits (B, V) given the token matrix (B, T), left-padded by `pad` (B,).
 
-    Rows of equal padding run together on their real ids only, so padding never counts as text.
+    Rows of equal padding run together on their real ids only, so padding never counts as text. (A list of ints for
+    `pad` keeps the grouping on the host: no device sync per step.)
     """
     if not processors:
         return logits
-    if pad is None or not bool(pad.any()):
+    pads = pad.tolist() if isinstance(pad, torch.Tensor) else list(pad or [])
+    if not any(pads):
         for processor in processors:
             logits = processor(logits, ids)
         return logits
     out = torch.empty_like(logits)
-    for p in torch.unique(pad).tolist():
-        rows = (pad == p).nonzero().squeeze(1)
+    for p in sorted(set(pads)):
+        rows = torch.tensor([i for i, q in enumerate(pads) if q == p], device=logits.device)
         out[rows] = apply_processors(logits[rows], ids[rows, p:], processors)
     return out
 
@@ -259,7 +264,10 @@ def build_processors(specs: Sequence[ProcessorSpec], tokenizer: Tokenizer) -> li
         check_processor_spec(spec)
         if isinstance(spec, Mapping):
             args = {k: v for k, v in spec.items() if k != "name"}
-            processors.append(PROCESSORS[spec["name"]](tokenizer, **args))
+            try:
+                processors.append(PROCESSORS[spec["name"]](tokenizer, **args))
+            except (TypeError, ValueError) as err:  # a value of the wrong kind, e.g. size=abc
+                raise LmlabError(f"processor {spec['name']}: {err}; see docs/generation.md for its keys") from err
         else:
             processors.append(spec)
     return processors
