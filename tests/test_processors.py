@@ -266,6 +266,8 @@ def test_build_processors_makes_each_named_processor() -> None:
         {"name": "forced_eos", "max_length": 20, "eos": "\n"},
     ]
     built = build_processors(specs, tokenizer)
+    one_word = build_processors([{"name": "bad_words", "words": "cat"}], tokenizer)[0]  # a word, not three letters
+    assert one_word.biases == {tuple(tokenizer.encode("cat")): float("-inf")}
     assert [type(p) for p in built] == [RepetitionPenalty, NoRepeatNGram, BadWords, SequenceBias, ForcedEOS, ForcedEOS]
     assert tuple(tokenizer.encode("cat")) in built[2].biases and built[3].biases[tuple(tokenizer.encode("the"))] == -1
     assert built[4].eos == [tokenizer.special_ids()["eos"]] and built[5].eos == tokenizer.encode("\n")

@@ -185,6 +185,7 @@ def _no_repeat_ngram(tokenizer: Tokenizer, size: int) -> LogitsProcessor:
 
 
 def _bad_words(tokenizer: Tokenizer, words: Sequence[str] = (), ids: Sequence[Sequence[int]] = ()) -> LogitsProcessor:
+    words = [words] if isinstance(words, str) else words  # `words: thee` means one word, not its letters
     sequences = [_encode(tokenizer, w, "bad_words") for w in words] + [tuple(map(int, s)) for s in ids]
     if not sequences:
         raise LmlabError("bad_words needs words (text) or ids (token id lists), e.g. {name: bad_words, words: [thee]}")
