@@ -196,16 +196,16 @@ def processor_overrides(tmp_path: Path) -> list[str]:
     return [f"ckpt={ckpt}", "prompt=First", "max_new_tokens=200", "temperature=2.0", "device=cpu", "stream=false"]
 
 
-VALID = "repetition_penalty, no_repeat_ngram, bad_words, sequence_bias, forced_eos"
-BANNED = "processors=[{name:bad_words,words:[e,t]},{name:sequence_bias,bias:{a:-1.0}}]"
+VALID = "repetition_penalty, no_repeat_ngram, bad_words, sequence_bias, forced_eos, min_length"
+BANNED = "processors=[{name:bad_words,words:[e,t,'\\n']},{name:sequence_bias,bias:{a:-1.0}}]"  # \\n: a newline
 
 
 def test_generate_applies_processors_from_the_command_line(tmp_path, capsys) -> None:
     base = processor_overrides(tmp_path)
     (free,) = generate_cli.generate(command("generate", base))
-    assert {"e", "t"} <= set(free.text)
+    assert {"e", "t", "\n"} <= set(free.text)
     (done,) = generate_cli.generate(command("generate", [*base, BANNED, "min_p=0.02"]))
-    assert done.num_tokens == 200 and not {"e", "t"} & set(done.text)
+    assert done.num_tokens == 200 and not {"e", "t", "\n"} & set(done.text)
     assert capsys.readouterr().out.endswith(f"First{done.text}\n")
 
 
@@ -230,6 +230,7 @@ def test_cli_generate_with_processors(tmp_path) -> None:
     result = run_cli("generate", *base, BANNED, "min_p=0.02", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("First") and not {"e", "t"} & set(result.stdout.removeprefix("First"))
+    assert result.stdout.count("\n") == 1  # the one print ends
     result = run_cli("generate", *base, "processors=[{name:no_repeat_ngrams,size:3}]", cwd=tmp_path)
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
     assert f"unknown processor name 'no_repeat_ngrams'; valid names: {VALID}" in result.stderr

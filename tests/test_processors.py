@@ -15,6 +15,7 @@ from lmlab.generation import (
     BadWords,
     ForcedEOS,
     GenerationConfig,
+    MinLength,
     MinP,
     NoRepeatNGram,
     RepetitionPenalty,
@@ -30,6 +31,7 @@ from lmlab.generation import (
 from lmlab.models import GPT, GPTConfig
 from lmlab.tokenizers import CharTokenizerConfig
 
+NAMES = ["repetition_penalty", "no_repeat_ngram", "bad_words", "sequence_bias", "forced_eos", "min_length"]
 B, T, V = 4, 24, 12  # a small vocabulary, so random ids repeat n-grams and end with the biased prefixes
 
 
@@ -135,6 +137,14 @@ def test_forced_eos_matches_transformers(length: int) -> None:
         same(ForcedEOS(length, eos)(logits, ids), theirs)
     forced = ForcedEOS(T + 1, 4)(logits, ids)
     assert forced.argmax(dim=-1).eq(4).all() and torch.isinf(forced).sum() == B * (V - 1)
+
+
+@pytest.mark.parametrize("length", [0, T - 1, T, T + 1])
+def test_min_length_matches_transformers(length: int) -> None:
+    logits, ids = random_case(2)
+    for eos in (4, [4, 9]):
+        same(MinLength(length, eos)(logits, ids), hf.MinLengthLogitsProcessor(length, eos)(ids, logits.clone()))
+    assert torch.isinf(MinLength(T + 1, 4)(logits, ids)[:, 4]).all()
 
 
 # --- min-p keeps a token -------------------------------------------------------------------------------------------
@@ -264,14 +274,17 @@ def test_build_processors_makes_each_named_processor() -> None:
         {"name": "sequence_bias", "bias": [["the", -1.0], ["a", 2.0]]},
         {"name": "forced_eos", "max_length": 20},
         {"name": "forced_eos", "max_length": 20, "eos": "\n"},
+        {"name": "min_length", "min_length": 5},
     ]
     built = build_processors(specs, tokenizer)
     one_word = build_processors([{"name": "bad_words", "words": "cat"}], tokenizer)[0]  # a word, not three letters
     assert one_word.biases == {tuple(tokenizer.encode("cat")): float("-inf")}
-    assert [type(p) for p in built] == [RepetitionPenalty, NoRepeatNGram, BadWords, SequenceBias, ForcedEOS, ForcedEOS]
+    kinds = [RepetitionPenalty, NoRepeatNGram, BadWords, SequenceBias, ForcedEOS, ForcedEOS, MinLength]
+    assert [type(p) for p in built] == kinds
     assert tuple(tokenizer.encode("cat")) in built[2].biases and built[3].biases[tuple(tokenizer.encode("the"))] == -1
     assert built[4].eos == [tokenizer.special_ids()["eos"]] and built[5].eos == tokenizer.encode("\n")
-    assert set(PROCESSORS) == {"repetition_penalty", "no_repeat_ngram", "bad_words", "sequence_bias", "forced_eos"}
+    assert built[6].eos == built[4].eos
+    assert list(PROCESSORS) == NAMES
 
 
 def test_an_unknown_processor_name_is_one_line_listing_the_valid_names() -> None:

@@ -80,11 +80,23 @@ def generation_config(cfg: DictConfig) -> GenerationConfig:
 
 
 def _processor_spec(spec: object) -> dict:
-    """One processor of the command line: a mapping with a `name` (a bare name is refused with an example)."""
+    """One processor of the command line: a mapping with a `name` (a bare name is refused with an example); its
+    texts read `\\n` and `\\t` as `stop` does."""
     if not isinstance(spec, dict):
         raise LmlabError(f"each of processors is a mapping with a name, e.g. "
                          f"\"processors=[{{name:no_repeat_ngram,size:3}}]\"; got {spec!r}")  # fmt: skip
-    return spec
+    return {_unescape_all(k): _unescape_all(v) for k, v in spec.items()}
+
+
+def _unescape_all(value: object) -> object:
+    """`value` with `\\n`, `\\t` and `\\\\` read as such in every string of it (keys too)."""
+    if isinstance(value, str):
+        return unescape(value)
+    if isinstance(value, dict):
+        return {_unescape_all(k): _unescape_all(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unescape_all(v) for v in value]
+    return value
 
 
 def print_streamed(

@@ -141,6 +141,24 @@ class ForcedEOS:
         return forced
 
 
+class MinLength:
+    """While a row holds fewer than `min_length` ids (prompt included), its `eos` tokens get -inf, so it cannot end
+    early (HF's `MinLengthLogitsProcessor`)."""
+
+    def __init__(self, min_length: int, eos: int | Sequence[int]) -> None:
+        self.eos = [eos] if isinstance(eos, int) else [int(i) for i in eos]
+        if not (isinstance(min_length, int) and min_length >= 0) or not self.eos or min(self.eos) < 0:
+            raise LmlabError(f"min_length needs min_length >= 0 and an end token id, e.g. min_length=20 (got "
+                             f"min_length={min_length}, eos={eos})")  # fmt: skip
+        self.min_length = min_length
+
+    def __call__(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if ids.size(1) >= self.min_length:
+            return logits
+        eos = [i for i in self.eos if i < logits.size(-1)]
+        return logits.index_fill(-1, torch.tensor(eos, device=logits.device, dtype=torch.long), float("-inf"))
+
+
 def apply_processors(
     logits: torch.Tensor,
     ids: torch.Tensor,
@@ -206,6 +224,10 @@ def _forced_eos(tokenizer: Tokenizer, max_length: int, eos: str | None = None) -
     return ForcedEOS(int(max_length), end_token(tokenizer, eos))
 
 
+def _min_length(tokenizer: Tokenizer, min_length: int, eos: str | None = None) -> LogitsProcessor:
+    return MinLength(int(min_length), end_token(tokenizer, eos))
+
+
 def end_token(tokenizer: Tokenizer, text: str | None = None) -> int:
     """The id of the special token or single token `text`; None: the tokenizer's end of sequence, else the end of
     turn of its chat template (so a forced end also ends a chat reply)."""
@@ -216,7 +238,8 @@ def end_token(tokenizer: Tokenizer, text: str | None = None) -> int:
         for turn_end in (getattr(tokenizer, "end_of_turn", None), END_OF_TURN):
             found = special_token_id(tokenizer, turn_end) if found is None and turn_end else found
         if found is None:
-            raise LmlabError("forced_eos: this tokenizer has no end-of-sequence token; name one, e.g. eos='\\n'")
+            raise LmlabError("this tokenizer has no end-of-sequence token; name one for forced_eos/min_length, "
+                             "e.g. eos='\\n'")  # fmt: skip
         return found
     found = special_token_id(tokenizer, text)
     if found is not None:
@@ -233,6 +256,7 @@ PROCESSORS: dict[str, Callable[..., LogitsProcessor]] = {
     "bad_words": _bad_words,
     "sequence_bias": _sequence_bias,
     "forced_eos": _forced_eos,
+    "min_length": _min_length,
 }
 """Processors by config name; each factory takes the tokenizer and the spec's other keys."""
 
