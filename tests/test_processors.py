@@ -28,8 +28,10 @@ from lmlab.generation import (
     generate_text,
     process_logits,
 )
+from lmlab.generation.processors import end_token
 from lmlab.models import GPT, GPTConfig
 from lmlab.tokenizers import CharTokenizerConfig
+from tests.helpers.chat import SYSTEM_TEMPLATE, chat_tokenizer
 
 NAMES = ["repetition_penalty", "no_repeat_ngram", "bad_words", "sequence_bias", "forced_eos", "min_length"]
 B, T, V = 4, 24, 12  # a small vocabulary, so random ids repeat n-grams and end with the biased prefixes
@@ -285,6 +287,15 @@ def test_build_processors_makes_each_named_processor() -> None:
     assert built[4].eos == [tokenizer.special_ids()["eos"]] and built[5].eos == tokenizer.encode("\n")
     assert built[6].eos == built[4].eos
     assert list(PROCESSORS) == NAMES
+
+
+def test_the_default_end_token_is_the_chat_templates_end_of_turn() -> None:
+    tokenizer = chat_tokenizer(SYSTEM_TEMPLATE)
+    im_end = tokenizer.tokenizer.token_to_id("<|im_end|>")
+    assert end_token(tokenizer) == end_token(tokenizer, "<|im_end|>") == im_end  # a special token's text: its id
+    assert end_token(tokenizer, "there") == tokenizer.encode("there")[0]
+    char = CharTokenizerConfig(["<eos>"]).train([TEXT])  # no template: its end-of-sequence token
+    assert end_token(char) == char.special_ids()["eos"]
 
 
 def test_an_unknown_processor_name_is_one_line_listing_the_valid_names() -> None:

@@ -229,14 +229,19 @@ def _min_length(tokenizer: Tokenizer, min_length: int, eos: str | None = None) -
 
 
 def end_token(tokenizer: Tokenizer, text: str | None = None) -> int:
-    """The id of the special token or single token `text`; None: the tokenizer's end of sequence, else the end of
-    turn of its chat template (so a forced end also ends a chat reply)."""
+    """The id of the special token or single token `text`. None: the end of turn of the tokenizer's chat template
+    (what an instruct model emits, and a stop string of chat, so a forced end also ends the reply), else its
+    end-of-sequence token, else lmlab's end of turn (char/BPE tokenizers trained for SFT)."""
     from lmlab.tokenizers.templates import END_OF_TURN, special_token_id  # (imports the chat templates)
 
     if text is None:
-        found = tokenizer.special_ids().get("eos")
-        for turn_end in (getattr(tokenizer, "end_of_turn", None), END_OF_TURN):
-            found = special_token_id(tokenizer, turn_end) if found is None and turn_end else found
+        turn_end = getattr(tokenizer, "end_of_turn", None)
+        candidates = [
+            special_token_id(tokenizer, turn_end) if turn_end else None,
+            tokenizer.special_ids().get("eos"),
+            special_token_id(tokenizer, END_OF_TURN),
+        ]
+        found = next((c for c in candidates if c is not None), None)
         if found is None:
             raise LmlabError("this tokenizer has no end-of-sequence token; name one for forced_eos/min_length, "
                              "e.g. eos='\\n'")  # fmt: skip
@@ -244,9 +249,9 @@ def end_token(tokenizer: Tokenizer, text: str | None = None) -> int:
     found = special_token_id(tokenizer, text)
     if found is not None:
         return found
-    ids = _encode(tokenizer, text, "forced_eos")
+    ids = _encode(tokenizer, text, "eos")
     if len(ids) != 1:
-        raise LmlabError(f"forced_eos: eos={text!r} is {len(ids)} tokens; give the text of one token")
+        raise LmlabError(f"eos={text!r} is {len(ids)} tokens; give the text of one token (forced_eos/min_length)")
     return ids[0]
 
 
