@@ -285,6 +285,11 @@ ROWS = [
         lambda w: ["generate", f"ckpt={w}/gpt.ckpt", "temprature=0.5"],
         r"temprature .*did you mean temperature",
     ),
+    Bad(
+        "generate-unknown-processor",
+        lambda w: ["generate", f"ckpt={w}/gpt.ckpt", "processors=[{name:no_repeat_ngrams,size:3}]"],
+        r"unknown processor name 'no_repeat_ngrams'; valid names: repetition_penalty, no_repeat_ngram, bad_words",
+    ),
     # eval
     Bad("eval-missing-text", lambda w: ["eval", f"ckpt={w}/gpt.ckpt", f"text_file={w}/nope.txt"], r"does not exist"),
     Bad("eval-non-utf8-text", lambda w: ["eval", f"ckpt={w}/gpt.ckpt", f"text_file={w}/latin1.txt"], r"UTF-8"),

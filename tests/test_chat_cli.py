@@ -4,6 +4,7 @@ with a word-level tokenizer and a handwritten template; SmolLM2 itself is `slow`
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 from pathlib import Path
@@ -95,6 +96,15 @@ def test_a_tokenizer_without_a_template_is_refused() -> None:
         ChatSession(model, tokenizer, GenerationConfig(), 32)
 
 
+def test_forced_eos_ends_a_reply_at_the_end_of_turn() -> None:
+    free = session(context=64, max_new_tokens=10)
+    assert len(free.send("hi there").split()) == 10  # the random model never ends its turn by itself
+    forced = session(context=64, max_new_tokens=10)
+    length = len(forced.prompt("hi there"))  # forced_eos counts the prompt's tokens too
+    forced.config = dataclasses.replace(forced.config, processors=[{"name": "forced_eos", "max_length": length + 3}])
+    assert forced.send("hi there").split() == ["assistant", "assistant"]  # 2 tokens, then <|im_end|> (the default)
+
+
 def chat_overrides(ckpt: Path, *more: str) -> list[str]:
     return [f"ckpt={ckpt}", "device=cpu", "temperature=0", "max_new_tokens=3", *more]
 
@@ -109,6 +119,19 @@ def test_chat_answers_the_turns_of_an_input_file(tmp_path: Path, capsys) -> None
     assert "\x1b" not in out and "you> how are you\\x1b[2J" in out  # control characters shown, not obeyed
     assert [m.content for m in chat.messages if m.role != "assistant"] == [SYSTEM, "how are you\x1b[2J", "hi"]
     assert chat.context == 32  # the checkpoint's block_size caps context=2048
+
+
+def test_chat_applies_processors_from_the_command_line(tmp_path: Path, capsys) -> None:
+    ckpt = write_chat_checkpoint(tmp_path / "chat.ckpt", SYSTEM_TEMPLATE, ends_turn=False)
+    turns = tmp_path / "turns.txt"
+    turns.write_text("hi there\nhow are you\n", encoding="utf-8")
+    chat_cli.chat(command("chat", chat_overrides(ckpt, f"input={turns}")))
+    assert "bot> assistant" in capsys.readouterr().out  # greedy, it repeats `assistant`
+    banned = "processors=[{name:bad_words,words:[assistant]},{name:no_repeat_ngram,size:2}]"
+    chat = chat_cli.chat(command("chat", chat_overrides(ckpt, f"input={turns}", banned, "min_p=0.1")))
+    replies = [m.content.split() for m in chat.history if m.role == "assistant"]
+    assert len(replies) == 2 and all(r and "assistant" not in r for r in replies)
+    assert "bot> assistant" not in capsys.readouterr().out
 
 
 def test_chat_cli_input_file_runs_as_a_command(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from lmlab.cli import eval as eval_cli
 from lmlab.cli import generate as generate_cli
 from lmlab.cli.train import train
+from tests.helpers.classification import fake_lm_checkpoint
 from tests.helpers.cli import one_line_error, run_cli
 from tests.helpers.companions import ENCODER
 from tests.helpers.compose import TINY_TEXT, command, compose_train
@@ -187,3 +188,49 @@ def test_cli_generate_prints_text_and_writes_no_files(runs, tmp_path) -> None:
     result = run_cli("generate", f"ckpt={tmp_path / 'nope'}", cwd=tmp_path)
     assert result.returncode == 1 and result.stderr.strip().startswith("error: checkpoint")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def processor_overrides(tmp_path: Path) -> list[str]:
+    """A tiny untrained GPT with a char tokenizer, sampled hot: it produces every character."""
+    ckpt = fake_lm_checkpoint(tmp_path / "lm.ckpt", TINY_TEXT)
+    return [f"ckpt={ckpt}", "prompt=First", "max_new_tokens=200", "temperature=2.0", "device=cpu", "stream=false"]
+
+
+VALID = "repetition_penalty, no_repeat_ngram, bad_words, sequence_bias, forced_eos, min_length"
+BANNED = "processors=[{name:bad_words,words:[e,t,'\\n']},{name:sequence_bias,bias:{a:-1.0}}]"  # \\n: a newline
+
+
+def test_generate_applies_processors_from_the_command_line(tmp_path, capsys) -> None:
+    base = processor_overrides(tmp_path)
+    (free,) = generate_cli.generate(command("generate", base))
+    assert {"e", "t", "\n"} <= set(free.text)
+    (done,) = generate_cli.generate(command("generate", [*base, BANNED, "min_p=0.02"]))
+    assert done.num_tokens == 200 and not {"e", "t", "\n"} & set(done.text)
+    assert capsys.readouterr().out.endswith(f"First{done.text}\n")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("processors=[{name:nope}]", f"unknown processor name 'nope'; valid names: {VALID}"),
+        ("processors=[no_repeat_ngram]", "a mapping with a name, e.g."),
+        ("processors=[{name:no_repeat_ngram,n:3}]", "its keys are: size"),
+        ("processors=[{name:forced_eos,max_length:9}]", "this tokenizer has no end-of-sequence token"),
+        ("min_p=2", "min_p=2.0 must lie in [0, 1]"),
+    ],
+)
+def test_bad_processors_are_one_line_errors(tmp_path, capsys, override: str, message: str) -> None:
+    cfg = command("generate", [*processor_overrides(tmp_path), override])
+    assert message in one_line_error(generate_cli.generate, cfg, capsys)
+
+
+@pytest.mark.slow
+def test_cli_generate_with_processors(tmp_path) -> None:
+    base = processor_overrides(tmp_path)
+    result = run_cli("generate", *base, BANNED, "min_p=0.02", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("First") and not {"e", "t"} & set(result.stdout.removeprefix("First"))
+    assert result.stdout.count("\n") == 1  # the one print ends
+    result = run_cli("generate", *base, "processors=[{name:no_repeat_ngrams,size:3}]", cwd=tmp_path)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert f"unknown processor name 'no_repeat_ngrams'; valid names: {VALID}" in result.stderr

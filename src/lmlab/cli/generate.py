@@ -56,14 +56,18 @@ def read_lines(file: str, key: str, what: str) -> list[str]:
 
 def generation_config(cfg: DictConfig) -> GenerationConfig:
     """The decoding settings of the command line."""
+    from omegaconf import OmegaConf
+
     from lmlab.generation import GenerationConfig, SamplingOptions
 
     sampling = SamplingOptions(
         temperature=float(cfg.temperature),
         top_k=cfg.top_k,
         top_p=cfg.top_p,
+        min_p=cfg.get("min_p"),
         repetition_penalty=float(cfg.repetition_penalty),
     )
+    processors = OmegaConf.to_container(cfg.processors, resolve=True) if cfg.get("processors") else []
     return GenerationConfig(
         max_new_tokens=int(cfg.max_new_tokens),
         sampling=sampling,
@@ -71,7 +75,28 @@ def generation_config(cfg: DictConfig) -> GenerationConfig:
         num_samples=int(cfg.get("num_samples", 1)),
         seed=int(cfg.seed),
         use_cache=bool(cfg.use_cache),
+        processors=[_processor_spec(spec) for spec in processors],
     )
+
+
+def _processor_spec(spec: object) -> dict:
+    """One processor of the command line: a mapping with a `name` (a bare name is refused with an example); its
+    texts read `\\n` and `\\t` as `stop` does."""
+    if not isinstance(spec, dict):
+        raise LmlabError(f"each of processors is a mapping with a name, e.g. "
+                         f"\"processors=[{{name:no_repeat_ngram,size:3}}]\"; got {spec!r}")  # fmt: skip
+    return {_unescape_all(k): _unescape_all(v) for k, v in spec.items()}
+
+
+def _unescape_all(value: object) -> object:
+    """`value` with `\\n`, `\\t` and `\\\\` read as such in every string of it (keys too)."""
+    if isinstance(value, str):
+        return unescape(value)
+    if isinstance(value, dict):
+        return {_unescape_all(k): _unescape_all(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unescape_all(v) for v in value]
+    return value
 
 
 def print_streamed(

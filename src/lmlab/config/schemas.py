@@ -84,7 +84,9 @@ class GenerateSchema:
     temperature: float = MISSING
     top_k: int | None = MISSING
     top_p: float | None = MISSING
+    min_p: float | None = MISSING
     repetition_penalty: float = MISSING
+    processors: list[Any] = MISSING
     stop: list[str] = MISSING
     num_samples: int = MISSING
     seed: int = MISSING
@@ -105,7 +107,9 @@ class ChatSchema:
     temperature: float = MISSING
     top_k: int | None = MISSING
     top_p: float | None = MISSING
+    min_p: float | None = MISSING
     repetition_penalty: float = MISSING
+    processors: list[Any] = MISSING
     stop: list[str] = MISSING
     seed: int = MISSING
     device: str = MISSING

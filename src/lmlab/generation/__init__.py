@@ -1,4 +1,5 @@
-"""Text generation: sampling functions, decoders (KV cache, carried state, window), streaming and stop strings."""
+"""Text generation: sampling functions, logits processors, decoders (KV cache, carried state, window), streaming
+and stop strings."""
 
 from __future__ import annotations
 
@@ -12,8 +13,22 @@ from lmlab.generation.decoding import (
     make_decoder,
     require_causal,
 )
+from lmlab.generation.processors import (
+    PROCESSORS,
+    BadWords,
+    ForcedEOS,
+    LogitsProcessor,
+    MinLength,
+    MinP,
+    NoRepeatNGram,
+    RepetitionPenalty,
+    SequenceBias,
+    apply_processors,
+    build_processors,
+)
 from lmlab.generation.sampling import (
     SamplingOptions,
+    apply_min_p,
     apply_repetition_penalty,
     apply_temperature,
     apply_top_k,
@@ -34,18 +49,30 @@ from lmlab.generation.text import (
 )
 
 __all__ = [
+    "PROCESSORS",
+    "BadWords",
     "Completion",
+    "ForcedEOS",
     "GenerationConfig",
     "IncrementalDetokenizer",
     "KVCacheDecoder",
+    "LogitsProcessor",
+    "MinLength",
+    "MinP",
+    "NoRepeatNGram",
     "RecurrentDecoder",
+    "RepetitionPenalty",
     "SamplingOptions",
+    "SequenceBias",
     "StopText",
     "WindowDecoder",
+    "apply_min_p",
+    "apply_processors",
     "apply_repetition_penalty",
     "apply_temperature",
     "apply_top_k",
     "apply_top_p",
+    "build_processors",
     "decode_steps",
     "draw",
     "generate",

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from lmlab.errors import LmlabError
-from lmlab.generation.sampling import SamplingOptions, draw, process_logits
+from lmlab.generation.processors import LogitsProcessor, apply_processors
+from lmlab.generation.sampling import SamplingOptions, apply_repetition_penalty, draw, process_logits
 from lmlab.models.lstm import LSTM, LSTMState
 
 
@@ -141,16 +142,20 @@ def decode_steps(
     options: SamplingOptions | None = None,
     generators: Sequence[torch.Generator | None] | None = None,
     use_cache: bool = True,
+    processors: Sequence[LogitsProcessor] = (),
 ) -> Iterator[torch.Tensor]:
     """Yield the next token id of every prompt (B,), step by step; stop iterating to stop decoding.
 
     `generators`: one per prompt (each row samples from its own seed) or a single one shared by the batch.
+    `processors` run on each step's logits after the repetition penalty and before temperature, top-k, top-p and
+    min-p, each row seeing its own ids (prompt + generated, no padding).
     """
     options = options or SamplingOptions()
     device = next(iter([*model.parameters(), *model.buffers()])).device
     prompt_ids, pad = left_pad(prompts, device)
     decoder = make_decoder(model, block_size, pad, use_cache)
     penalise = options.repetition_penalty != 1.0
+    pads = pad.tolist()  # the processors group rows by padding on the host
     S = prompt_ids.size(1)
     tokens = prompt_ids.new_empty((prompt_ids.size(0), S + max_new_tokens))  # (B, S + N), filled step by step
     tokens[:, :S] = prompt_ids
@@ -159,8 +164,11 @@ def decode_steps(
     try:
         for end in range(S, S + max_new_tokens):
             logits = decoder(tokens[:, :end]).float()  # (B, V)
-            if penalise or not options.greedy:
-                logits = process_logits(logits, seen_ids(tokens[:, :end], pad) if penalise else None, options)
+            if penalise:
+                logits = apply_repetition_penalty(logits, seen_ids(tokens[:, :end], pad), options.repetition_penalty)
+            logits = apply_processors(logits, tokens[:, :end], processors, pads)
+            if not options.greedy:
+                logits = process_logits(logits, None, options)
             tokens[:, end : end + 1] = draw(logits, options.greedy, generators)  # (B, 1)
             yield tokens[:, end]  # (B,) a view of the token matrix, never written again
     finally:

@@ -20,6 +20,9 @@ class SamplingOptions:
     """Keep only the k most likely tokens (None or 0: all)."""
     top_p: float | None = None
     """Keep the smallest set of most likely tokens whose probability reaches p (nucleus; None or 1.0: all)."""
+    min_p: float | None = None
+    """Keep the tokens at least `min_p` times as likely as the most likely one, after the temperature (None or 0:
+    all); the most likely always stays."""
     repetition_penalty: float = 1.0
     """> 1 discourages tokens already in the sequence (CTRL's rule: positive logits divided, negative multiplied)."""
 
@@ -30,6 +33,8 @@ class SamplingOptions:
             raise LmlabError(f"top_k={self.top_k} must be >= 0 (0 or null = no limit), e.g. top_k=40")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise LmlabError(f"top_p={self.top_p} must lie in (0, 1] (1 or null = no limit), e.g. top_p=0.9")
+        if self.min_p is not None and not 0 <= self.min_p <= 1:
+            raise LmlabError(f"min_p={self.min_p} must lie in [0, 1] (0 or null = off), e.g. min_p=0.05")
         if not self.repetition_penalty > 0:
             raise LmlabError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 = off), e.g. 1.2")
 
@@ -79,14 +84,26 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return logits.scatter(-1, seen, scores)
 
 
+def apply_min_p(logits: torch.Tensor, min_p: float | None) -> torch.Tensor:
+    """Min-p filtering of logits (B, V): drop tokens less likely than `min_p` times the most likely (which stays)."""
+    if not min_p:
+        return logits
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    top = probs.max(dim=-1, keepdim=True)  # (B, 1) each row's most likely token
+    drop = probs < min_p * top.values
+    drop.scatter_(-1, top.indices, False)  # even when every probability underflows, the top token stays
+    return logits.masked_fill(drop, float("-inf"))
+
+
 def process_logits(logits: torch.Tensor, seen: torch.Tensor | None, options: SamplingOptions) -> torch.Tensor:
-    """Repetition penalty, then temperature, top-k and top-p (greedy decoding needs only the first)."""
+    """Repetition penalty, then temperature, top-k, top-p and min-p, in Hugging Face's order (greedy decoding needs
+    only the first)."""
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, options.repetition_penalty)
     if options.greedy:
         return logits
     logits = apply_temperature(logits, options.temperature)
-    return apply_top_p(apply_top_k(logits, options.top_k), options.top_p)
+    return apply_min_p(apply_top_p(apply_top_k(logits, options.top_k), options.top_p), options.min_p)
 
 
 def draw(

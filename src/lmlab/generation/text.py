@@ -10,6 +10,7 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.generation.decoding import decode_steps, generate
+from lmlab.generation.processors import ProcessorSpec, build_processors, check_processor_spec
 from lmlab.generation.sampling import SamplingOptions
 from lmlab.tokenizers import Tokenizer
 from lmlab.tokenizers.char import list_characters
@@ -108,6 +109,10 @@ class GenerationConfig:
     """Sample `s` of every prompt draws from seed + s, so the same seed gives the same text, batched or not."""
     use_cache: bool = True
     """KV cache (GPT, hf_causal) or carried state (LSTM); False runs the plain windowed loop."""
+    processors: list[ProcessorSpec] = field(default_factory=list)
+    """Logits processors applied in order after the repetition penalty, before temperature and the filters:
+    `{"name": "no_repeat_ngram", "size": 3}` and the like (`lmlab.generation.processors.PROCESSORS`), words encoded
+    with the model's tokenizer, or `LogitsProcessor` objects."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -115,6 +120,9 @@ class GenerationConfig:
         if self.num_samples < 1:
             raise LmlabError(f"num_samples={self.num_samples} must be at least 1")
         self.stop = [str(s) for s in self.stop]
+        self.processors = list(self.processors)
+        for spec in self.processors:
+            check_processor_spec(spec)
 
 
 @dataclass
@@ -225,7 +233,9 @@ def _run(
     rows = [ids for ids in encoded for _ in range(config.num_samples)]
     device = next(iter([*model.parameters(), *model.buffers()])).device
     generators = [torch.Generator(device=device).manual_seed(config.seed + s.completion.sample) for s in sequences]
-    steps = decode_steps(model, rows, config.max_new_tokens, block_size, config.sampling, generators, config.use_cache)
+    processors = build_processors(config.processors, tokenizer)
+    steps = decode_steps(model, rows, config.max_new_tokens, block_size, config.sampling, generators, config.use_cache,
+                         processors)  # fmt: skip
     done = [False] * len(sequences)
     try:
         for next_ids in steps:

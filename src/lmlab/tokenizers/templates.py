@@ -64,7 +64,7 @@ def _as_dict(message: Any) -> dict[str, str]:
 
 def template_token_ids(tokenizer: Tokenizer) -> dict[str, int]:
     """Ids of lmlab's template tokens (`TEMPLATE_TOKENS`) in a char/BPE tokenizer; a one-line fix when any is absent."""
-    ids = {token: _special_token_id(tokenizer, token) for token in TEMPLATE_TOKENS}
+    ids = {token: special_token_id(tokenizer, token) for token in TEMPLATE_TOKENS}
     missing = [token for token, token_id in ids.items() if token_id is None]
     if missing:
         listed = ",".join(f"'{token}'" for token in TEMPLATE_TOKENS)  # quoted: Hydra's grammar reserves `|`
@@ -76,7 +76,7 @@ def template_token_ids(tokenizer: Tokenizer) -> dict[str, int]:
     return ids  # type: ignore[return-value]
 
 
-def _special_token_id(tokenizer: Tokenizer, token: str) -> int | None:
+def special_token_id(tokenizer: Tokenizer, token: str) -> int | None:
     """The id of a special token given by its text, or None (char: `special_tokens`; HF/BPE: the added tokens)."""
     specials = getattr(tokenizer, "special_tokens", None)
     if isinstance(specials, list):  # CharTokenizer: ids follow the alphabet
