@@ -208,8 +208,8 @@ def test_probe_results_quick_trains_probes_and_prints_a_table_per_probe(tmp_path
     done = subprocess.run([sys.executable, str(SCRIPTS / "probe_results.py"), "--quick", "--out", str(tmp_path / "pr")],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    tables = re.findall(r"^(\w+): .*; (\d+) examples; probe wall time [\d.]+ s$", done.stdout, flags=re.M)
-    assert sorted(name for name, _ in tables) == ["sentiment_gpt", "sentiment_untrained", "shakespeare_next_vowel",
+    tables = re.findall(r"^(\w+): .*; \{.*\} examples; probe wall time [\d.]+ s$", done.stdout, flags=re.M)
+    assert sorted(tables) == ["sentiment_gpt", "sentiment_untrained", "shakespeare_next_vowel",
                                                   "shakespeare_speaker"]  # fmt: skip
     best = re.findall(r"^best layer (\w+): ([\d.]+) vs majority ([\d.]+)", done.stdout, flags=re.M)
-    assert len(best) == 4 and all(0 <= float(acc) <= 1 and 0.5 <= float(majority) <= 1 for _, acc, majority in best)
+    assert len(best) == 4 and all(0 <= float(acc) <= 1 and 0 < float(majority) <= 1 for _, acc, majority in best)
