@@ -9,7 +9,7 @@ Layer `embed` is the stream entering the first block (`blocks.0.hook_resid_pre`)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +102,6 @@ class LensStats:
     agreement: list[float]
     """Share of tokens where the layer's top prediction is the model's top prediction."""
     tokens: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
 
     def rows(self) -> list[dict[str, float | str]]:
         return [{"layer": label, "loss": loss, "kl_to_final": kl, "agreement": agree}

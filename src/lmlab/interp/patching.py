@@ -14,7 +14,6 @@ recovers 0.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.interp.hooks import hook_sites, hooks_attached, run_with_cache
+from lmlab.interp.lens import n_layers
 
 Scores = Callable[[torch.Tensor], torch.Tensor]
 """ids (B, T) -> scores (B, N) at the last position: next-token logits of a language model, or a classifier's class
@@ -61,11 +61,6 @@ class PatchResult:
 
     def recovered(self, raw: torch.Tensor) -> torch.Tensor:
         return recovery(raw, self.clean, self.corrupted)
-
-
-def n_layers(model: nn.Module) -> int:
-    """Blocks with a `hook_resid_pre` (every family with hook points has one per block)."""
-    return sum(1 for name in hook_sites(model) if re.fullmatch(r"blocks\.\d+\.hook_resid_pre", name))
 
 
 def patched_metric(
