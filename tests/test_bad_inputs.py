@@ -290,6 +290,11 @@ ROWS = [
         lambda w: ["generate", f"ckpt={w}/gpt.ckpt", "processors=[{name:no_repeat_ngrams,size:3}]"],
         r"unknown processor name 'no_repeat_ngrams'; valid names: repetition_penalty, no_repeat_ngram, bad_words",
     ),
+    Bad(
+        "generate-unsatisfiable-regex",
+        lambda w: ["generate", f"ckpt={w}/gpt.ckpt", "regex='[{}]+'"],
+        r"the pattern '\[\{\}\]\+' cannot be followed with this tokenizer: .*change the pattern",
+    ),
     # eval
     Bad("eval-missing-text", lambda w: ["eval", f"ckpt={w}/gpt.ckpt", f"text_file={w}/nope.txt"], r"does not exist"),
     Bad("eval-non-utf8-text", lambda w: ["eval", f"ckpt={w}/gpt.ckpt", f"text_file={w}/latin1.txt"], r"UTF-8"),

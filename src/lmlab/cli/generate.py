@@ -76,7 +76,16 @@ def generation_config(cfg: DictConfig) -> GenerationConfig:
         seed=int(cfg.seed),
         use_cache=bool(cfg.use_cache),
         processors=[_processor_spec(spec) for spec in processors],
+        regex=cfg.get("regex"),
+        json_schema=_schema(cfg.get("json_schema")),
     )
+
+
+def _schema(value: object) -> object:
+    """A JSON schema from the command line: a file path or JSON text as given, an inline mapping as plain dicts."""
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
 
 def _processor_spec(spec: object) -> dict:

@@ -94,6 +94,8 @@ class GenerateSchema:
     device: str = MISSING
     chat: bool = MISSING
     use_cache: bool = MISSING
+    regex: str | None = MISSING
+    json_schema: Any = MISSING  # a JSON string, a .json file path, or a mapping
 
 
 @dataclasses.dataclass

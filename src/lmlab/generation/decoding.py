@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import LmlabError
+from lmlab.generation.constraints import ConstrainedRows
 from lmlab.generation.processors import LogitsProcessor, apply_processors
 from lmlab.generation.sampling import SamplingOptions, apply_repetition_penalty, draw, process_logits
 from lmlab.models.lstm import LSTM, LSTMState
@@ -143,12 +144,14 @@ def decode_steps(
     generators: Sequence[torch.Generator | None] | None = None,
     use_cache: bool = True,
     processors: Sequence[LogitsProcessor] = (),
+    constraint: ConstrainedRows | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token id of every prompt (B,), step by step; stop iterating to stop decoding.
 
     `generators`: one per prompt (each row samples from its own seed) or a single one shared by the batch.
     `processors` run on each step's logits after the repetition penalty and before temperature, top-k, top-p and
-    min-p, each row seeing its own ids (prompt + generated, no padding).
+    min-p, each row seeing its own ids (prompt + generated, no padding). `constraint` then leaves each row only the
+    tokens that keep its match of a pattern completable in the tokens left, and follows the drawn tokens.
     """
     options = options or SamplingOptions()
     device = next(iter([*model.parameters(), *model.buffers()])).device
@@ -167,9 +170,13 @@ def decode_steps(
             if penalise:
                 logits = apply_repetition_penalty(logits, seen_ids(tokens[:, :end], pad), options.repetition_penalty)
             logits = apply_processors(logits, tokens[:, :end], processors, pads)
+            if constraint is not None:
+                logits = constraint.mask(logits, remaining=S + max_new_tokens - end)
             if not options.greedy:
                 logits = process_logits(logits, None, options)
             tokens[:, end : end + 1] = draw(logits, options.greedy, generators)  # (B, 1)
+            if constraint is not None:
+                constraint.advance(tokens[:, end])
             yield tokens[:, end]  # (B,) a view of the token matrix, never written again
     finally:
         model.train(was_training)

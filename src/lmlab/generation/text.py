@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from lmlab.errors import LmlabError
+from lmlab.generation.constraints import compile_constraint, constraint_pattern
 from lmlab.generation.decoding import decode_steps, generate
 from lmlab.generation.processors import ProcessorSpec, build_processors, check_processor_spec
 from lmlab.generation.sampling import SamplingOptions
@@ -113,6 +115,12 @@ class GenerationConfig:
     """Logits processors applied in order after the repetition penalty, before temperature and the filters:
     `{"name": "no_repeat_ngram", "size": 3}` and the like (`lmlab.generation.processors.PROCESSORS`), words encoded
     with the model's tokenizer, or `LogitsProcessor` objects."""
+    regex: str | None = None
+    """Every continuation matches this regular expression (in full) within `max_new_tokens`."""
+    json_schema: str | Mapping[str, Any] | None = None
+    """Every continuation is JSON valid under this schema (a JSON string, a .json file or a mapping)."""
+    pattern: str | None = field(init=False, default=None)
+    """The regular expression the continuations follow (`regex`, or the one written from `json_schema`)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -123,6 +131,7 @@ class GenerationConfig:
         self.processors = list(self.processors)
         for spec in self.processors:
             check_processor_spec(spec)
+        self.pattern = constraint_pattern(self.regex, self.json_schema)
 
 
 @dataclass
@@ -234,15 +243,20 @@ def _run(
     device = next(iter([*model.parameters(), *model.buffers()])).device
     generators = [torch.Generator(device=device).manual_seed(config.seed + s.completion.sample) for s in sequences]
     processors = build_processors(config.processors, tokenizer)
+    constraint = None
+    if config.pattern is not None:
+        constraint = compile_constraint(config.pattern, tokenizer).start(len(rows), config.max_new_tokens)
     steps = decode_steps(model, rows, config.max_new_tokens, block_size, config.sampling, generators, config.use_cache,
-                         processors)  # fmt: skip
+                         processors, constraint)  # fmt: skip
     done = [False] * len(sequences)
     try:
         for next_ids in steps:
             for index, token_id in enumerate(next_ids.tolist()):
-                if not done[index]:
-                    yield index, sequences[index].push(token_id)
-                    done[index] = sequences[index].stop.stopped
+                if done[index] or (constraint is not None and not constraint.is_text[index]):
+                    done[index] = True  # a constrained row's end token is not text
+                    continue
+                yield index, sequences[index].push(token_id)
+                done[index] = sequences[index].stop.stopped or (constraint is not None and constraint.complete[index])
             if all(done):
                 break
     finally:

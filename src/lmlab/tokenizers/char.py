@@ -66,6 +66,11 @@ class CharTokenizer:
     def token_bytes(self) -> list[int]:
         return [len(c.encode("utf-8")) for c in self.chars] + [0] * len(self.special_tokens)
 
+    def token_texts(self) -> dict[int, bytes]:
+        """The text (as UTF-8 bytes) of each character id; `UNKNOWN` and special tokens are left out (constrained
+        decoding matches patterns against these)."""
+        return {i: c.encode("utf-8") for i, c in enumerate(self.chars) if i != self._unknown_id}
+
     def special_ids(self) -> dict[str, int]:
         ids = special_ids_by_role((t, len(self.chars) + i) for i, t in enumerate(self.special_tokens))
         return {**ids, "unk": self._unknown_id}  # encode maps unseen characters to UNKNOWN

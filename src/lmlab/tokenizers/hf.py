@@ -104,13 +104,22 @@ class HFTokenizer:
 
     @cached_property
     def _token_bytes(self) -> list[int]:
-        measure = _token_measure(json.loads(self.tokenizer_json))
         lengths = [0] * self.vocab_size
-        for token, token_id in self.tokenizer.get_vocab(with_added_tokens=False).items():
-            lengths[token_id] = measure(token)
-        for token_id, added in self.tokenizer.get_added_tokens_decoder().items():
-            lengths[token_id] = 0 if added.special else len(added.content.encode("utf-8"))
+        for token_id, text in self.token_texts().items():
+            lengths[token_id] = len(text)
         return lengths
+
+    def token_texts(self) -> dict[int, bytes]:
+        """The text (as bytes) each ordinary token id stands for; special tokens are left out. Constrained decoding
+        matches patterns against these."""
+        to_bytes = _token_text(json.loads(self.tokenizer_json))
+        texts = {i: to_bytes(token) for token, i in self.tokenizer.get_vocab(with_added_tokens=False).items()}
+        for token_id, added in self.tokenizer.get_added_tokens_decoder().items():
+            if added.special:
+                texts.pop(token_id, None)
+            else:
+                texts[token_id] = added.content.encode("utf-8")
+        return texts
 
     def special_ids(self) -> dict[str, int]:
         added = sorted(self.tokenizer.get_added_tokens_decoder().items())
@@ -156,17 +165,17 @@ def _component_types(component: dict[str, Any] | None) -> set[str]:
     return types
 
 
-def _token_measure(spec: dict[str, Any]) -> Callable[[str], int]:
-    """How many bytes of text one vocabulary entry stands for, chosen from the decoder the tokenizer uses."""
+def _token_text(spec: dict[str, Any]) -> Callable[[str], bytes]:
+    """The bytes of text one vocabulary entry stands for, chosen from the decoder the tokenizer uses."""
     decoders = _component_types(spec.get("decoder"))
     if "ByteLevel" in decoders:
-        return _byte_level_length
+        return _byte_level_bytes
     if "WordPiece" in decoders:
         prefix = spec.get("model", {}).get("continuing_subword_prefix") or "##"
-        return lambda token: len(token.removeprefix(prefix).encode("utf-8"))
+        return lambda token: token.removeprefix(prefix).encode("utf-8")
     if "Metaspace" in decoders or "ByteFallback" in decoders:
-        return lambda token: 1 if _BYTE_FALLBACK.fullmatch(token) else len(token.replace("▁", " ").encode("utf-8"))
-    return lambda token: len(token.encode("utf-8"))
+        return _sentencepiece_bytes
+    return lambda token: token.encode("utf-8")
 
 
 def _pieces(text: str, size: int) -> Iterator[str]:
@@ -179,8 +188,15 @@ def _pieces(text: str, size: int) -> Iterator[str]:
         start = end
 
 
-def _byte_level_length(token: str) -> int:
-    return sum(1 if c in _UNICODE_TO_BYTE else len(c.encode("utf-8")) for c in token)
+def _byte_level_bytes(token: str) -> bytes:
+    return b"".join(bytes([_UNICODE_TO_BYTE[c]]) if c in _UNICODE_TO_BYTE else c.encode("utf-8") for c in token)
+
+
+def _sentencepiece_bytes(token: str) -> bytes:
+    """`▁` read as a space; a byte-fallback token `<0x41>` is its one byte."""
+    if _BYTE_FALLBACK.fullmatch(token):
+        return bytes([int(token[3:5], 16)])
+    return token.replace("▁", " ").encode("utf-8")
 
 
 def _looks_like_path(name: str) -> bool:
