@@ -79,6 +79,8 @@ def chosen_labels(cfg: DictConfig, names: list[str]) -> tuple[str, str]:
 
 def contrast_texts(cfg: DictConfig) -> tuple[list[str], list[str], str]:
     """The positive texts, the negative texts (at most `max_examples` each) and where they came from."""
+    if cfg.max_examples is not None and cfg.max_examples < 1:
+        raise LmlabError(f"max_examples={cfg.max_examples} must be a positive integer (or null for all)")
     listed = any(cfg[key] is not None for side in SIDES for key in (side, f"{side}_file"))
     labeled = [key for key, value in (("labeled_file", cfg.labeled_file), ("data", cfg.get("data"))) if value]
     if len(labeled) + listed > 1:
@@ -96,8 +98,6 @@ def contrast_texts(cfg: DictConfig) -> tuple[list[str], list[str], str]:
         (positive, from_positive), (negative, from_negative) = (listed_texts(cfg, side) for side in SIDES)
         where = f"{from_positive} minus {from_negative}"
     if cfg.max_examples is not None:
-        if cfg.max_examples < 1:
-            raise LmlabError(f"max_examples={cfg.max_examples} must be a positive integer (or null for all)")
         positive, negative = positive[: cfg.max_examples], negative[: cfg.max_examples]
     return positive, negative, where
 

@@ -102,8 +102,11 @@ class SteeringVector:
             raise LmlabError(f"{path} is not an lmlab steering vector (no {FORMAT} header with a 1-D `vector`); "
                              "make one with lmlab steer")  # fmt: skip
         kinds = {f.name: f.type for f in dataclasses.fields(cls)}
-        values = {name: _parse(meta[name], kinds[name]) for name in kinds if name in meta and name != "vector"}
-        return cls(vector=vector, **values)
+        try:
+            values = {name: _parse(meta[name], kinds[name]) for name in kinds if name in meta and name != "vector"}
+            return cls(vector=vector, **values)
+        except (TypeError, ValueError) as err:
+            raise LmlabError(f"{path} has a damaged header ({err}); build the vector again with lmlab steer") from err
 
 
 def _parse(text: str, kind: str) -> object:
