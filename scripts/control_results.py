@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from finetune_results import run_stage  # scripts/ is the script's own folder, first on sys.path
 
+from finetune_results import run_stage  # scripts/ is the script's own folder, first on sys.path
 from lmlab.checkpoints.load import LoadedCheckpoint, load_checkpoint
 from lmlab.data.labeled_sources import MovieReviews, space_punctuation
 from lmlab.generation import GenerationConfig, SamplingOptions, generate_text
@@ -136,7 +136,8 @@ def score(name: str, texts: list[str], prompts: list[str], judge, lm: LoadedChec
     full = [p + t for p, t in zip(prompts, texts, strict=True)]
     probs = predict_probs(judge, full)[:, 1]
     nats, tokens = continuation_nll(lm.model, lm.tokenizer, prompts, texts, lm.model_config.block_size)
-    rows = [{"prompt": p, "text": t, "p_positive": round(float(q), 4)} for p, t, q in zip(prompts, texts, probs)]
+    triples = zip(prompts, texts, probs.tolist(), strict=True)
+    rows = [{"prompt": p, "text": t, "p_positive": round(q, 4)} for p, t, q in triples]
     (out / "samples").mkdir(exist_ok=True)
     (out / "samples" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return {
@@ -147,6 +148,49 @@ def score(name: str, texts: list[str], prompts: list[str], judge, lm: LoadedChec
         "perplexity": round(perplexity(nats, tokens), 2),
         "distinct_2": round(distinct_n(texts, 2), 4),
     }
+
+
+def train_missing(args: argparse.Namespace, out: Path, seconds: dict[str, float]) -> None:
+    """Train the language model and the judge unless given or already in `out`."""
+    if args.lm is None:
+        args.lm = out / "imdb_pretrain"
+        if not (args.lm / "checkpoints" / "last.ckpt").is_file():
+            quick = QUICK_LM if args.quick else []
+            seconds["lm"] = run_stage("imdb_pretrain", ["experiment=imdb_pretrain"], out, quick)
+    if args.judge is None:
+        args.judge = out / "sentiment"
+        if not (args.judge / "checkpoints" / "last.ckpt").is_file():
+            judge_args = ["experiment=sentiment_pretrain_finetune", f"task.init_from={args.lm}"]
+            seconds["judge"] = run_stage("sentiment", judge_args, out, QUICK_JUDGE if args.quick else [])
+
+
+def train_dpo(args: argparse.Namespace, lm: LoadedCheckpoint, judge, out: Path, seconds: dict[str, float]) -> Path:
+    """Build the preference pairs and run the DPO stage (kept when done); returns its run directory."""
+    run_dir, pairs = out / "dpo", out / "pairs.jsonl"
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return run_dir
+    started = time.perf_counter()
+    openings = review_openings(40 if args.quick else args.pair_prompts)
+    (out / "pairs.json").write_text(json.dumps(build_pairs(lm, judge, openings, pairs)))
+    seconds["pairs"] = time.perf_counter() - started
+    quick = ["trainer.max_steps=6", "trainer.val_check_interval=3"] if args.quick else []
+    overrides = ["experiment=control_sentiment", f"task.init_from={args.lm}", f"data.source.train={pairs}", *quick]
+    seconds["dpo_train"] = run_stage("dpo", overrides + args.dpo, out, [])
+    return run_dir
+
+
+def report(rows: list[dict], results: dict, out: Path) -> None:
+    """Points and perplexity change against the baseline; results.json, the table, TensorBoard and W&B."""
+    base = rows[0]
+    for row in rows:
+        row["vs_baseline_points"] = round(100 * (row["positive_rate"] - base["positive_rate"]), 1)
+        row["perplexity_rise"] = f"{100 * (row['perplexity'] / base['perplexity'] - 1):+.1f} %"
+    (out / "results.json").write_text(json.dumps(results | {"rows": rows}, indent=2))
+    print(markdown_table(rows))
+    summary = {f"control/{r['method']}/positive_rate": r["positive_rate"] for r in rows}
+    for where in log_findings(out, "control", Findings(tables={"control/results": rows}, summary=summary),
+                              tensorboard=True, wandb=True):  # fmt: skip
+        print(f"table: {where}")
 
 
 def main() -> None:
@@ -164,33 +208,13 @@ def main() -> None:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
-    if args.lm is None:
-        args.lm = out / "imdb_pretrain"
-        if not (args.lm / "checkpoints" / "last.ckpt").is_file():
-            seconds["lm"] = run_stage("imdb_pretrain", ["experiment=imdb_pretrain"], out, QUICK_LM if args.quick else [])
-    if args.judge is None:
-        args.judge = out / "sentiment"
-        if not (args.judge / "checkpoints" / "last.ckpt").is_file():
-            judge_args = ["experiment=sentiment_pretrain_finetune", f"task.init_from={args.lm}"]
-            seconds["judge"] = run_stage("sentiment", judge_args, out, QUICK_JUDGE if args.quick else [])
+    train_missing(args, out, seconds)
     torch.manual_seed(0)
     lm, judge = load_checkpoint(args.lm), load_classifier(args.judge)
-    prompts = PROMPTS[:4] if args.quick else PROMPTS
-    samples = 3 if args.quick else args.samples
-    per_sample = [p for p in prompts for _ in range(samples)]
-
-    dpo_run = out / "dpo"
-    if not (dpo_run / "checkpoints" / "last.ckpt").is_file():
-        started = time.perf_counter()
-        pair_stats = build_pairs(lm, judge, review_openings(40 if args.quick else args.pair_prompts), out / "pairs.jsonl")
-        seconds["pairs"] = time.perf_counter() - started
-        (out / "pairs.json").write_text(json.dumps(pair_stats))
-        dpo_args = ["experiment=control_sentiment", f"task.init_from={args.lm}", f"data.source.train={out / 'pairs.jsonl'}",
-                    *(["trainer.max_steps=6", "trainer.val_check_interval=3"] if args.quick else []), *args.dpo]  # fmt: skip
-        seconds["dpo_train"] = run_stage("dpo", dpo_args, out, [])
-    positive, negative = contrast_sets(24 if args.quick else 500)
+    dpo_run = train_dpo(args, lm, judge, out, seconds)
+    prompts, samples = (PROMPTS[:4], 3) if args.quick else (PROMPTS, args.samples)
     started = time.perf_counter()
-    vector = contrast_vector(lm.model, lm.tokenizer, positive, negative, layer=args.layer)
+    vector = contrast_vector(lm.model, lm.tokenizer, *contrast_sets(24 if args.quick else 500), layer=args.layer)
     seconds["steering_vector"] = time.perf_counter() - started
     vector.save(out / "steering_vector.safetensors")
     bias = {f" {w}": BIAS for w in POSITIVE_WORDS} | {f" {w}": -BIAS for w in NEGATIVE_WORDS}
@@ -204,20 +228,11 @@ def main() -> None:
     for method in methods:
         started = time.perf_counter()
         texts = generate(method, prompts)
-        rows.append(score(method.name, texts, per_sample, judge, lm, out) | {"seconds": round(time.perf_counter() - started, 1)})
+        row = score(method.name, texts, [p for p in prompts for _ in range(samples)], judge, lm, out)
+        rows.append(row | {"seconds": round(time.perf_counter() - started, 1)})
         print(json.dumps(rows[-1]), flush=True)
-    base = rows[0]
-    for row in rows:
-        row["vs_baseline_points"] = round(100 * (row["positive_rate"] - base["positive_rate"]), 1)
-        row["perplexity_rise"] = f"{100 * (row['perplexity'] / base['perplexity'] - 1):+.1f} %"
-    results = {"rows": rows, "seconds": seconds, "layer": args.layer, "bias": BIAS,
-               "pairs": json.loads((out / "pairs.json").read_text()) if (out / "pairs.json").is_file() else None}  # fmt: skip
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(markdown_table(rows))
-    findings = Findings(tables={"control/results": rows},
-                        summary={f"control/{r['method']}/positive_rate": r["positive_rate"] for r in rows})  # fmt: skip
-    for where in log_findings(out, "control", findings, tensorboard=True, wandb=True):
-        print(f"table: {where}")
+    pairs = json.loads((out / "pairs.json").read_text()) if (out / "pairs.json").is_file() else None
+    report(rows, {"seconds": seconds, "layer": args.layer, "bias": BIAS, "pairs": pairs}, out)
 
 
 if __name__ == "__main__":

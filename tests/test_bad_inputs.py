@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from lmlab.cli.main import COMMAND_ENV, main
+from lmlab.interp.steering import SteeringVector
 from lmlab.models import BertConfig, GPTConfig, LSTMConfig, NGramConfig, build_model, model_config_to_dict
 from lmlab.tasks import ClassificationTask
 from lmlab.tokenizers import CharTokenizerConfig
@@ -105,6 +106,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (w / "export_done").mkdir()
     (w / "export_done" / "config.json").write_text("{}", encoding="utf-8")  # an earlier export
     (w / "predictions.csv").write_text("text,label\nkept,pos\n", encoding="utf-8")
+    for width in (8, 16):  # steering vectors: one too narrow for the 16-wide GPT, one that fits
+        SteeringVector(torch.ones(width), 0, "blocks.0.hook_resid_pre").save(w / f"vector{width}.safetensors")
     good = '{"prompt": "hi", "completion": "hello"}\n'
     for name, text in {
         "chat_bad_json.jsonl": good + '{"prompt": "hi", \n',
@@ -295,6 +298,78 @@ ROWS = [
         lambda w: ["generate", f"ckpt={w}/gpt.ckpt", "regex='[{}]+'"],
         r"the pattern '\[\{\}\]\+' cannot be followed with this tokenizer: .*change the pattern",
     ),
+    Bad(
+        "generate-steer-wrong-width",
+        lambda w: ["generate", f"ckpt={w}/gpt.ckpt", f"steer.vector={w}/vector8.safetensors"],
+        r"steering vector is 8 wide but this model's residual stream is 16 wide; build the vector on this model",
+    ),
+    Bad(
+        "generate-steer-layer-out-of-range",
+        lambda w: ["generate", f"ckpt={w}/gpt.ckpt", f"steer.vector={w}/vector16.safetensors", "steer.layer=3"],
+        r"steering layer 3 is out of range; this model has 1 block: choose a layer in 0\.\.0",
+    ),
+    Bad(
+        "generate-steer-infinite-coeff",
+        lambda w: ["generate", f"ckpt={w}/gpt.ckpt", f"steer.vector={w}/vector16.safetensors", "steer.coeff=inf"],
+        r"steering coefficient inf is not a finite number",
+    ),
+    Bad(
+        "generate-steer-not-a-vector",
+        lambda w: ["generate", f"ckpt={w}/gpt.ckpt", f"steer.vector={w}/corpus.txt"],
+        r"corpus\.txt is not a safetensors file",
+    ),
+    Bad(
+        "generate-steer-missing-vector",
+        lambda w: ["generate", f"ckpt={w}/gpt.ckpt", f"steer.vector={w}/nope.safetensors"],
+        r"nope\.safetensors does not exist; make one with lmlab steer",
+    ),
+    Bad(
+        "generate-steer-lstm",
+        lambda w: ["generate", f"ckpt={w}/lstm.ckpt", f"steer.vector={w}/vector16.safetensors"],
+        r"steering adds to the residual stream, which a lstm model has not; use a gpt or hf_causal checkpoint",
+    ),
+    # steer
+    Bad(
+        "steer-empty-positive-set",
+        lambda w: ["steer", f"ckpt={w}/gpt.ckpt", "positive=[]", "negative=[a]"],
+        r"the positive texts are empty; give at least one positive text",
+    ),
+    Bad(
+        "steer-empty-negative-file",
+        lambda w: ["steer", f"ckpt={w}/gpt.ckpt", f"positive_file={w}/texts.txt", f"negative_file={w}/empty.txt"],
+        r"negative_file .*empty\.txt has no negative texts",
+    ),
+    Bad(
+        "steer-layer-out-of-range",
+        lambda w: ["steer", f"ckpt={w}/gpt.ckpt", "positive=[a]", "negative=[b]", "layer=2"],
+        r"steering layer 2 is out of range; this model has 1 block",
+    ),
+    Bad(
+        "steer-ngram-ckpt",
+        lambda w: ["steer", f"ckpt={w}/ngram.ckpt", "positive=[a]", "negative=[b]"],
+        r"which a ngram model has not; use a gpt or hf_causal checkpoint",
+    ),
+    Bad(
+        "steer-unknown-position",
+        lambda w: ["steer", f"ckpt={w}/gpt.ckpt", "positive=[a]", "negative=[b]", "position=first"],
+        r"position='first' is unknown; choose one of: mean, last",
+    ),
+    Bad(
+        "steer-label-not-in-data",
+        lambda w: [
+            "steer",
+            f"ckpt={w}/gpt.ckpt",
+            f"labeled_file={w}/predictions.csv",
+            "positive_label=good",
+            "negative_label=pos",
+        ],
+        r"positive_label=good is not a label of the data; its labels: pos",
+    ),
+    Bad(
+        "steer-out-under-a-file",
+        lambda w: ["steer", f"ckpt={w}/gpt.ckpt", "positive=[a]", "negative=[b]", f"out={w}/a_file/v.safetensors"],
+        r"out=.*a_file/v\.safetensors cannot be created",
+    ),
     # eval
     Bad("eval-missing-text", lambda w: ["eval", f"ckpt={w}/gpt.ckpt", f"text_file={w}/nope.txt"], r"does not exist"),
     Bad("eval-non-utf8-text", lambda w: ["eval", f"ckpt={w}/gpt.ckpt", f"text_file={w}/latin1.txt"], r"UTF-8"),
@@ -414,5 +489,5 @@ def test_bad_input_is_one_line_and_harmless(row: Bad, workspace: Path, monkeypat
 
 def test_the_table_covers_every_command_and_is_long() -> None:
     commands = {row.argv(Path("/w"))[0] for row in ROWS}
-    assert commands == {"train", "generate", "eval", "predict", "export"}
+    assert commands == {"train", "generate", "eval", "predict", "export", "steer"}
     assert len(ROWS) >= 25 and len({row.id for row in ROWS}) == len(ROWS)

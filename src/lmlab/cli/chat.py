@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from lmlab.cli.generate import generation_config, load_language_model, read_lines
+from lmlab.cli.generate import generation_config, load_language_model, read_lines, steered, steering_vector
 from lmlab.cli.runner import hydra_entry
 from lmlab.errors import LmlabError
 from lmlab.terminal import visible
@@ -104,13 +104,16 @@ def converse(session: ChatSession, turns: Iterable[str], interactive: bool) -> N
 
 
 def chat(cfg: DictConfig) -> ChatSession:
-    """Load the model, then answer the turns of `input` or those typed; return the session."""
+    """Load the model, then answer the turns of `input` or those typed (steered by `steer.vector` if given); return
+    the session."""
     turns = read_lines(cfg.input, "input", "user turn") if cfg.input is not None else None
+    vector = steering_vector(cfg.get("steer"))
     session = build_session(cfg)
-    try:
-        converse(session, typed_turns() if turns is None else file_turns(turns), interactive=turns is None)
-    except KeyboardInterrupt:  # Ctrl+C ends the chat like /exit
-        print()
+    with steered(session.model, vector, cfg.get("steer")):
+        try:
+            converse(session, typed_turns() if turns is None else file_turns(turns), interactive=turns is None)
+        except KeyboardInterrupt:  # Ctrl+C ends the chat like /exit
+            print()
     return session
 
 

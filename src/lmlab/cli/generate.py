@@ -6,6 +6,7 @@ import dataclasses
 import re
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,8 +17,11 @@ from lmlab.errors import LmlabError
 from lmlab.terminal import visible
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from lmlab.checkpoints.load import LoadedCheckpoint
     from lmlab.generation import Completion, GenerationConfig
+    from lmlab.interp.steering import SteeringVector
 
 _ESCAPE = re.compile(r"\\([nt\\])")
 
@@ -171,13 +175,44 @@ def load_language_model(ckpt: str, device: str) -> LoadedCheckpoint:
     return loaded
 
 
-def generate(cfg: DictConfig) -> list[Completion]:
-    """Load the checkpoint, continue every prompt, print the text; return the completions."""
-    from lmlab.generation import generate_text
+def steering_vector(settings: DictConfig | None) -> SteeringVector | None:
+    """The vector file of `steer.vector`, read (None without one); `steer.layer` alone steers nothing: refused."""
+    if settings is None or settings.vector is None:
+        if settings is not None and settings.layer is not None:
+            raise LmlabError(f"steer.layer={settings.layer} is set but steer.vector is null; give steer.vector=FILE "
+                             "(made by lmlab steer)")  # fmt: skip
+        return None
+    from lmlab.interp.steering import SteeringVector
 
+    return SteeringVector.load(settings.vector)
+
+
+def steered(model: nn.Module, vector: SteeringVector | None, settings: DictConfig | None) -> AbstractContextManager:
+    """`steer.coeff` times the vector added to the model's residual stream inside the block (nothing without one)."""
+    if vector is None or settings is None:
+        return nullcontext()
+    from lmlab.interp.steering import steering
+
+    return steering(model, vector, float(settings.coeff), settings.layer)
+
+
+def generate(cfg: DictConfig) -> list[Completion]:
+    """Load the checkpoint, continue every prompt (steered by `steer.vector` if given), print the text; return the
+    completions."""
     config = generation_config(cfg)
     texts = read_prompts(cfg.prompt, cfg.prompt_file)
+    vector = steering_vector(cfg.get("steer"))
     loaded = load_language_model(str(cfg.ckpt), str(cfg.device))
+    with steered(loaded.model, vector, cfg.get("steer")):
+        return continue_prompts(cfg, loaded, texts, config)
+
+
+def continue_prompts(
+    cfg: DictConfig, loaded: LoadedCheckpoint, texts: list[str], config: GenerationConfig
+) -> list[Completion]:
+    """Continue every prompt (as chat turns with `chat=true`), streaming or in one batch, and print the text."""
+    from lmlab.generation import generate_text
+
     prompts: list[str | list[int]] = list(texts)
     if cfg.chat:
         from lmlab.generation.chat import chat_inputs  # (imports the data package: only when asked)

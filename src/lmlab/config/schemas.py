@@ -76,6 +76,13 @@ def schemas() -> dict[str, dict[str, type]]:
 
 
 @dataclasses.dataclass
+class SteerSettings:
+    vector: str | None = MISSING
+    coeff: float = MISSING
+    layer: int | None = MISSING
+
+
+@dataclasses.dataclass
 class GenerateSchema:
     ckpt: str = MISSING
     prompt: str | None = MISSING
@@ -96,6 +103,7 @@ class GenerateSchema:
     use_cache: bool = MISSING
     regex: str | None = MISSING
     json_schema: Any = MISSING  # a JSON string, a .json file path, or a mapping
+    steer: SteerSettings = dataclasses.field(default_factory=SteerSettings)
 
 
 @dataclasses.dataclass
@@ -116,6 +124,7 @@ class ChatSchema:
     seed: int = MISSING
     device: str = MISSING
     use_cache: bool = MISSING
+    steer: SteerSettings = dataclasses.field(default_factory=SteerSettings)
 
 
 @dataclasses.dataclass
@@ -227,6 +236,25 @@ class PatchSchema:
     device: str = MISSING
 
 
+@dataclasses.dataclass
+class SteerSchema:
+    data: Any = None  # a data config group choice (untyped: any data config), or null
+    ckpt: str = MISSING
+    positive: list[str] | None = MISSING
+    negative: list[str] | None = MISSING
+    positive_file: str | None = MISSING
+    negative_file: str | None = MISSING
+    labeled_file: str | None = MISSING
+    positive_label: str | None = MISSING
+    negative_label: str | None = MISSING
+    max_examples: int | None = MISSING
+    layer: int | None = MISSING
+    position: str = MISSING
+    batch_size: int = MISSING
+    out: str | None = MISSING
+    device: str = MISSING
+
+
 COMMAND_SCHEMAS = {
     "generate": GenerateSchema,
     "chat": ChatSchema,
@@ -237,6 +265,7 @@ COMMAND_SCHEMAS = {
     "export": ExportSchema,
     "probe": ProbeSchema,
     "patch": PatchSchema,
+    "steer": SteerSchema,
 }
 
 

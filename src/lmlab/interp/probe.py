@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -71,6 +71,20 @@ def activations(
     return torch.stack([cache[name].float().cpu() for name in names], dim=2)  # (B, T, L, C)
 
 
+def padded_batches(
+    ids: Sequence[list[int]], pad_id: int, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Texts' token ids in batches: right-padded ids (B, T) and a mask (B, T) that is 1 on real tokens."""
+    for start in range(0, len(ids), batch_size):
+        rows = ids[start : start + batch_size]
+        T = max(len(row) for row in rows)
+        batch = torch.full((len(rows), T), pad_id, dtype=torch.long)  # (B, T)
+        mask = torch.zeros_like(batch)
+        for r, row in enumerate(rows):
+            batch[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
+        yield batch, mask
+
+
 def sequence_features(
     model: nn.Module,
     ids: Sequence[list[int]],
@@ -84,13 +98,7 @@ def sequence_features(
     if pooling not in ("mean", "last"):
         raise LmlabError(f"probe.pooling={pooling!r} is unknown; choose mean or last")
     chunks = []
-    for start in range(0, len(ids), batch_size):
-        rows = ids[start : start + batch_size]
-        T = max(len(row) for row in rows)
-        batch = torch.full((len(rows), T), pad_id, dtype=torch.long)  # (B, T), right-padded
-        mask = torch.zeros_like(batch)
-        for r, row in enumerate(rows):
-            batch[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
+    for batch, mask in padded_batches(ids, pad_id, batch_size):
         acts = activations(model, batch, layers, mask)  # (B, T, L, C)
         B, _, L, C = acts.shape
         pooled = pool(acts.flatten(2), mask, pooling)  # (B, L*C): each layer pooled alike
