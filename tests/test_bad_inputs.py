@@ -116,6 +116,12 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         '\n{"messages": [{"role": "user", "content": "hi"}]}\n',
         "chat_bad_role.jsonl": '{"messages": [{"role": "robot", "content": "hi"}]}\n',
         "chat_unknown.jsonl": '{"question": "hi", "answer": "hello"}\n',
+        "chat_good.jsonl": good * 10,
+        "pairs_good.jsonl": '{"prompt": "To be", "chosen": ", or not", "rejected": " bad"}\n' * 10,
+        "pairs_no_rejected.jsonl": '{"prompt": "To be", "chosen": ", or not", "rejected": " bad"}\n'
+        '{"prompt": "To be", "chosen": ", or not"}\n',
+        "pairs_not_a_string.jsonl": '{"prompt": "To be", "chosen": [", or not"], "rejected": " bad"}\n',
+        "pairs_bad_json.jsonl": '{"prompt": "To be", "chosen": ", or not", "rejected": " bad"}\n{"prompt": \n',
     }.items():
         (w / name).write_text(text, encoding="utf-8")
     return w
@@ -137,6 +143,12 @@ def sft(w: Path, conversations: str, *overrides: str) -> list[str]:
     """`lmlab train task=sft` on a conversation file of the workspace, tiny sizes."""
     return [*train(w, *overrides)[:1], "task=sft", "data=chat_jsonl", f"data.source.train={w}/{conversations}",
             *train(w, *overrides)[3:]]  # fmt: skip
+
+
+def dpo(w: Path, pairs: str, *overrides: str) -> list[str]:
+    """`lmlab train task=dpo` on a preference file of the workspace (plain text), tiny sizes."""
+    return [*train(w, *overrides)[:1], "task=dpo", "data=preference_jsonl", f"data.source.train={w}/{pairs}",
+            "data.template=none", *train(w, *overrides)[3:]]  # fmt: skip
 
 
 # --- the table -------------------------------------------------------------------------------------------------------
@@ -219,6 +231,21 @@ ROWS = [
         "sft-unknown-language",
         lambda w: [*sft(w, "x")[:2], "data=chatterbot", "data.source.language=klingon", *sft(w, "x")[4:]],
         r"klingon",
+    ),
+    # task=dpo: preference pairs
+    Bad(
+        "dpo-no-rejected",
+        lambda w: dpo(w, "pairs_no_rejected.jsonl"),
+        r"line 2 of .*pairs_no_rejected\.jsonl has no 'rejected'; give it a 'rejected' string$",
+    ),
+    Bad("dpo-not-a-string", lambda w: dpo(w, "pairs_not_a_string.jsonl"), r"line 1 of .*'chosen' is an array, not a"),
+    Bad("dpo-malformed-json", lambda w: dpo(w, "pairs_bad_json.jsonl"), r"line 2 of .*pairs_bad_json\.jsonl is not "),
+    Bad("dpo-unknown-template", lambda w: dpo(w, "pairs_good.jsonl", "data.template=plain"), r"data\.template='plain"),
+    Bad("dpo-zero-beta", lambda w: dpo(w, "pairs_good.jsonl", "task.beta=0"), r"task\.beta=0 must be positive"),
+    Bad(
+        "dpo-on-conversations",
+        lambda w: ["train", "task=dpo", *sft(w, "chat_good.jsonl", "data.batch_size=4")[2:]],
+        r"task=dpo trains on preference pairs; use data=preference_jsonl",
     ),
     Bad("train-empty-file", lambda w: train(w, data=f"{w}/empty.txt"), r"0 tokens, fewer than block_size"),
     Bad("train-binary-file", lambda w: train(w, data=f"{w}/binary.bin"), r"binary\.bin", slow=True),

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from lmlab.cli.train import build_datamodule, build_task, build_trainer, use_starting_point
 from lmlab.config.groups import check_group_choices, config_dir, group_options
 from lmlab.config.validate import check_run_config
-from lmlab.data import ClassificationDataModule, LMDataModule, SFTDataModule
+from lmlab.data import ClassificationDataModule, LMDataModule, PreferenceDataModule, SFTDataModule
 from lmlab.errors import LmlabError
 from lmlab.tasks import ModelTask
 from tests.helpers.companions import companions
@@ -36,7 +36,7 @@ def instantiate_all(cfg) -> None:
     use_starting_point(cfg)  # task.init_from: model and tokenizer from a checkpoint
     check_run_config(OmegaConf.to_container(cfg, resolve=True))  # keys and types against every target's signature
     datamodule = build_datamodule(cfg)
-    assert isinstance(datamodule, LMDataModule | ClassificationDataModule | SFTDataModule)
+    assert isinstance(datamodule, LMDataModule | ClassificationDataModule | SFTDataModule | PreferenceDataModule)
     task = build_task(cfg, datamodule.tokenizer, datamodule)
     assert isinstance(task, ModelTask)
     counting = getattr(task.model, "counting", False)  # n-grams count instead of taking optimizer steps

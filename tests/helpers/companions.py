@@ -9,6 +9,7 @@ from lmlab.tokenizers.templates import TEMPLATE_TOKENS
 from tests.helpers.bible import require_bible
 from tests.helpers.classification import classification_companions, fake_lm_checkpoint
 from tests.helpers.hf import jsonl_folder, save_tiny_causal, save_tiny_chat_causal
+from tests.helpers.preference import pairs_jsonl, preference_companions
 from tests.helpers.sft import TINY_SFT, chat_jsonl, needs
 
 ENCODER = ["model=bert", "task=masked_lm", "tokenizer.special_tokens=['<mask>']"]
@@ -31,6 +32,11 @@ def companions(group: str, option: str, tmp_path: Path, corpus: Path) -> list[st
         return TINY_SFT[1:]  # in-memory conversations
     if (group, option) == ("data", "chat_jsonl"):
         return ["task=sft", f"data.source.train={chat_jsonl(tmp_path / 'chats.jsonl')}"]
+    if (group, option) == ("experiment", "control_sentiment"):  # DPO from an LM checkpoint on preference pairs
+        ckpt = fake_lm_checkpoint(tmp_path / "lm.ckpt", corpus.read_text())
+        return [f"task.init_from={ckpt}", f"data.source.train={pairs_jsonl(tmp_path / 'pairs.jsonl')}"]
+    if (group, option) in {("task", "dpo"), ("data", "preference_jsonl")}:
+        return [o for o in preference_companions(tmp_path) if not o.startswith(f"{group}=")]
     if (group, option) == ("data", "chatterbot"):
         return ["task=sft"]
     if (group, option) == ("data", "bible_parallel"):

@@ -19,6 +19,7 @@ from lmlab.data.datamodule import LMDataModule
 from lmlab.data.hf_dataset import HFDatasetCorpus
 from lmlab.data.labeled import LabeledExamples, LabeledSplits, split_examples
 from lmlab.data.labeled_sources import LabeledFiles, MovieReviews, MovieReviewsCorpus
+from lmlab.data.preference import PreferenceDataModule, PreferenceFiles
 from lmlab.data.sft import SFTDataModule
 from lmlab.data.windows import TokenWindows
 
@@ -36,6 +37,8 @@ __all__ = [
     "MovieReviews",
     "MovieReviewsCorpus",
     "PeoplesDailyCorpus",
+    "PreferenceDataModule",
+    "PreferenceFiles",
     "SFTDataModule",
     "ShakespeareCorpus",
     "TextFilesCorpus",

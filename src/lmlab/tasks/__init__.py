@@ -5,6 +5,7 @@ from __future__ import annotations
 from lmlab.tasks.base import ModelTask, decay_groups
 from lmlab.tasks.causal_lm import CausalLMTask
 from lmlab.tasks.classification import ClassificationTask
+from lmlab.tasks.dpo import DPOTask
 from lmlab.tasks.masked_lm import MaskedLMTask, mask_tokens
 from lmlab.tasks.probe import LinearProbeTask
 from lmlab.tasks.schedules import constant, warmup_cosine, warmup_cosine_factor
@@ -13,6 +14,7 @@ from lmlab.tasks.sft import SFTTask
 __all__ = [
     "CausalLMTask",
     "ClassificationTask",
+    "DPOTask",
     "LinearProbeTask",
     "MaskedLMTask",
     "ModelTask",

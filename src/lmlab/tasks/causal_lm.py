@@ -96,6 +96,10 @@ class CausalLMTask(ModelTask):
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
+        self.log_val_metrics()
+
+    def log_val_metrics(self) -> None:
+        """Log `val/loss`, `val/ppl` and `val/bpb` of the scored tokens, and reset their sums."""
         nats, tokens, nbytes = self.val_nats.compute(), self.val_tokens.compute(), self.val_bytes.compute()
         for metric in (self.val_nats, self.val_tokens, self.val_bytes):
             metric.reset()
