@@ -115,8 +115,9 @@ def contrast_sets(count: int, words: int = 48) -> tuple[list[str], list[str]]:
     return sets
 
 
-def build_pairs(lm: LoadedCheckpoint, judge, prompts: list[str], path: Path) -> dict[str, float]:
-    """Preference pairs for DPO: 4 samples per prompt, the judge's most and least positive; returns statistics."""
+def build_pairs(lm: LoadedCheckpoint, judge, prompts: list[str], path: Path, min_gap: float) -> dict[str, float]:
+    """Preference pairs for DPO: 4 samples per prompt, the judge's most and least positive when their P(positive)
+    differ by at least `min_gap`; returns statistics."""
     texts = generate(Method("pairs", lm, sampling(4, seed=10_000)), prompts)
     probs = predict_probs(judge, [p + t for p, t in zip((p for p in prompts for _ in range(4)), texts, strict=True)])
     positive = probs[:, 1].view(len(prompts), 4)  # (prompts, 4)
@@ -124,7 +125,7 @@ def build_pairs(lm: LoadedCheckpoint, judge, prompts: list[str], path: Path) -> 
     for i, prompt in enumerate(prompts):
         best, worst = int(positive[i].argmax()), int(positive[i].argmin())
         gap = float(positive[i, best] - positive[i, worst])
-        if gap >= 0.2:
+        if gap >= min_gap:
             rows.append({"prompt": prompt, "chosen": texts[4 * i + best], "rejected": texts[4 * i + worst]})
             gaps.append(gap)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -171,7 +172,9 @@ def train_dpo(args: argparse.Namespace, lm: LoadedCheckpoint, judge, out: Path, 
         return run_dir
     started = time.perf_counter()
     openings = review_openings(40 if args.quick else args.pair_prompts)
-    (out / "pairs.json").write_text(json.dumps(build_pairs(lm, judge, openings, pairs)))
+    (out / "pairs.json").write_text(
+        json.dumps(build_pairs(lm, judge, openings, pairs, 0.0 if args.quick else args.min_gap))
+    )
     seconds["pairs"] = time.perf_counter() - started
     quick = ["trainer.max_steps=6", "trainer.val_check_interval=3"] if args.quick else []
     overrides = ["experiment=control_sentiment", f"task.init_from={args.lm}", f"data.source.train={pairs}", *quick]
@@ -202,6 +205,7 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=2, help="steering: the vector is added before this block")
     parser.add_argument("--coeffs", type=float, nargs="+", default=[4.0, 8.0])
     parser.add_argument("--pair-prompts", type=int, default=1500, help="DPO: review openings to build pairs from")
+    parser.add_argument("--min-gap", type=float, default=0.2, help="DPO: least P(positive) gap of a pair")
     parser.add_argument("--dpo", nargs="*", default=[], help="extra overrides of the DPO training run")
     parser.add_argument("--quick", action="store_true", help="tiny budgets, to check the pipeline")
     args = parser.parse_args()

@@ -213,3 +213,20 @@ def test_probe_results_quick_trains_probes_and_prints_a_table_per_probe(tmp_path
                                                   "shakespeare_speaker"]  # fmt: skip
     best = re.findall(r"^best layer (\w+): ([\d.]+) vs majority ([\d.]+)", done.stdout, flags=re.M)
     assert len(best) == 4 and all(0 <= float(acc) <= 1 and 0 < float(majority) <= 1 for _, acc, majority in best)
+
+
+@pytest.mark.slow
+def test_control_results_quick_scores_every_method_and_logs_the_table(tmp_path: Path) -> None:
+    env = {**os.environ, "LMLAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
+    out = tmp_path / "control"
+    done = subprocess.run([sys.executable, str(SCRIPTS / "control_results.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["baseline", "sequence_bias", "steer_c4", "steer_c8", "dpo"]
+    for row in rows:
+        assert row["samples"] == 12 and 0 <= row["positive_rate"] <= 1 and row["perplexity"] > 1
+        assert len((out / "samples" / f"{row['method']}.jsonl").read_text().splitlines()) == 12
+    assert re.search(r"^\| dpo \| 12 \|", done.stdout, flags=re.M)
+    assert (out / "dpo" / "checkpoints" / "last.ckpt").is_file() and (out / "steering_vector.safetensors").is_file()
+    assert any((out / "tensorboard").iterdir())
