@@ -203,7 +203,7 @@ def main() -> None:
     parser.add_argument("--judge", type=Path, help="a sentiment classifier run of that model (else trained)")
     parser.add_argument("--samples", type=int, default=10, help="continuations per prompt (25 prompts)")
     parser.add_argument("--layer", type=int, default=2, help="steering: the vector is added before this block")
-    parser.add_argument("--coeffs", type=float, nargs="+", default=[4.0, 8.0])
+    parser.add_argument("--coeffs", type=float, nargs="+", default=[2.0, 4.0, 8.0])
     parser.add_argument("--pair-prompts", type=int, default=1500, help="DPO: review openings to build pairs from")
     parser.add_argument("--min-gap", type=float, default=0.2, help="DPO: least P(positive) gap of a pair")
     parser.add_argument("--dpo", nargs="*", default=[], help="extra overrides of the DPO training run")

@@ -223,7 +223,7 @@ def test_control_results_quick_scores_every_method_and_logs_the_table(tmp_path: 
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [r["method"] for r in rows] == ["baseline", "sequence_bias", "steer_c4", "steer_c8", "dpo"]
+    assert [r["method"] for r in rows] == ["baseline", "sequence_bias", "steer_c2", "steer_c4", "steer_c8", "dpo"]
     for row in rows:
         assert row["samples"] == 12 and 0 <= row["positive_rate"] <= 1 and row["perplexity"] > 1
         assert len((out / "samples" / f"{row['method']}.jsonl").read_text().splitlines()) == 12
