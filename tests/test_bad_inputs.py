@@ -297,6 +297,13 @@ ROWS = [
     Bad("generate-run-without-ckpt", lambda w: ["generate", f"ckpt={w}/no_ckpt_run"], r"holds no checkpoint"),
     Bad("generate-encoder-ckpt", lambda w: ["generate", f"ckpt={w}/bert.ckpt"], r"bert"),
     Bad("generate-classifier-ckpt", lambda w: ["generate", f"ckpt={w}/classifier.ckpt"], r"classif"),
+    Bad("serve-port-out-of-range", lambda w: ["serve", f"ckpt={w}/gpt.ckpt", "port=70000"], r"port=70000 .*1\.\.65535"),
+    Bad(
+        "serve-zero-queue", lambda w: ["serve", f"ckpt={w}/gpt.ckpt", "max_queue=0"], r"max_queue=0 must be at least 1"
+    ),
+    Bad("serve-port-not-int", lambda w: ["serve", "port=http"], r"port"),
+    Bad("serve-encoder-ckpt", lambda w: ["serve", f"ckpt={w}/bert.ckpt"], r"bert"),
+    Bad("serve-missing-ckpt", lambda w: ["serve", f"ckpt={w}/nope.ckpt"], r"nope\.ckpt does not exist"),
     Bad(
         "generate-binary-prompts",
         lambda w: ["generate", f"ckpt={w}/gpt.ckpt", f"prompt_file={w}/binary.bin"],

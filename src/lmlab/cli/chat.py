@@ -46,13 +46,18 @@ def build_session(cfg: DictConfig) -> ChatSession:
     from lmlab.generation.chat import ChatSession
 
     config = generation_config(cfg)
-    if cfg.ckpt is not None:
-        loaded = load_language_model(str(cfg.ckpt), str(cfg.device))
-        model, tokenizer, limit = loaded.model, loaded.tokenizer, loaded.model_config.block_size
-    else:
-        model, tokenizer, limit = load_pretrained(str(cfg.pretrained), int(cfg.context), str(cfg.device))
+    model, tokenizer, limit = load_model(cfg)
     context = min(int(cfg.context), limit)
     return ChatSession(model, tokenizer, config, context, cfg.system)
+
+
+def load_model(cfg: DictConfig) -> tuple[nn.Module, Tokenizer, int]:
+    """The model of `ckpt`, else `pretrained` (SmolLM2 from its offline package by default), its tokenizer and its
+    context in tokens (`lmlab chat` and `lmlab serve` share it)."""
+    if cfg.ckpt is not None:
+        loaded = load_language_model(str(cfg.ckpt), str(cfg.device))
+        return loaded.model, loaded.tokenizer, loaded.model_config.block_size
+    return load_pretrained(str(cfg.pretrained), int(cfg.context or 2048), str(cfg.device))
 
 
 def typed_turns() -> Iterator[str]:

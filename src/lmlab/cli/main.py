@@ -12,6 +12,7 @@ COMMANDS = {
     "train": ("lmlab.cli.train", "train a model (default: char-level GPT on Shakespeare)"),
     "generate": ("lmlab.cli.generate", "sample text from a checkpoint: lmlab generate ckpt=RUN prompt='...'"),
     "chat": ("lmlab.cli.chat", "chat with a model in the terminal (default: SmolLM2-135M-Instruct): lmlab chat"),
+    "serve": ("lmlab.cli.serve", "OpenAI-compatible server and chat page (default: SmolLM2): lmlab serve port=8000"),
     "eval": ("lmlab.cli.eval", "evaluate a checkpoint: loss, perplexity, bits per byte (accuracy/F1 for classifiers)"),
     "predict": ("lmlab.cli.predict", "classify texts with a checkpoint: lmlab predict ckpt=RUN input=FILE output=FILE"),
     "export": ("lmlab.cli.export", "export a checkpoint to Hugging Face format: lmlab export ckpt=RUN out=DIR"),

@@ -128,6 +128,24 @@ class ChatSchema:
 
 
 @dataclasses.dataclass
+class ServeSchema:
+    ckpt: str | None = MISSING
+    pretrained: str = MISSING
+    model_name: str | None = MISSING
+    host: str = MISSING
+    port: int = MISSING
+    api_key: str | None = MISSING
+    system: str | None = MISSING
+    context: int | None = MISSING
+    max_tokens: int = MISSING
+    max_batch: int = MISSING
+    max_queue: int = MISSING
+    max_body_bytes: int = MISSING
+    device: str = MISSING
+    log_level: str = MISSING
+
+
+@dataclasses.dataclass
 class EvalSchema:
     data: Any = None  # a data config group choice (untyped: any data config), or null
     ckpt: str = MISSING
@@ -258,6 +276,7 @@ class SteerSchema:
 COMMAND_SCHEMAS = {
     "generate": GenerateSchema,
     "chat": ChatSchema,
+    "serve": ServeSchema,
     "eval": EvalSchema,
     "predict": PredictSchema,
     "inspect": InspectSchema,
