@@ -20,13 +20,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
+import lmlab.serve.protocol as wire
 from lmlab.data.conversations import Message
 from lmlab.errors import LmlabError
 from lmlab.generation.chat import ending_turns, prompt_ids
 from lmlab.generation.processors import build_processors
 from lmlab.generation.sampling import SamplingOptions
 from lmlab.generation.text import GenerationConfig, encode_prompt
-from lmlab.serve import protocol as wire
 from lmlab.serve.engine import Engine, Event, Finish, Job, QueueFull
 from lmlab.tokenizers.templates import has_chat_template
 
