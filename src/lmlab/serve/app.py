@@ -8,6 +8,7 @@ relay the job's events as one JSON answer or as server-sent events ending with `
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -53,9 +54,8 @@ class ServeSettings:
 
 def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
     """The FastAPI app; the engine's worker runs while the app does (its lifespan)."""
-    from contextlib import asynccontextmanager
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         engine.start()
         try:
@@ -236,10 +236,15 @@ class _Api:
 
     def _submit(self, config: GenerationConfig, ids: list[int]) -> tuple[Job, asyncio.Queue[Event]]:
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
+
+        def emit(event: Event) -> None:  # called by the worker thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the server is shutting down
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
         job = Job(
             ids,
             config.max_new_tokens,
-            lambda e: loop.call_soon_threadsafe(events.put_nowait, e),
+            emit,
             config.sampling,
             list(config.processors),
             config.stop,
