@@ -523,5 +523,5 @@ def test_bad_input_is_one_line_and_harmless(row: Bad, workspace: Path, monkeypat
 
 def test_the_table_covers_every_command_and_is_long() -> None:
     commands = {row.argv(Path("/w"))[0] for row in ROWS}
-    assert commands == {"train", "generate", "eval", "predict", "export", "steer"}
+    assert commands == {"train", "generate", "eval", "predict", "export", "steer", "serve"}
     assert len(ROWS) >= 25 and len({row.id for row in ROWS}) == len(ROWS)
