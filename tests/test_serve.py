@@ -80,6 +80,8 @@ def test_completion_with_stop_seed_and_lmlab_processors(text: TestClient) -> Non
         "processors": [{"name": "no_repeat_ngram", "size": 2}],
     }
     assert text.post("/v1/completions", json=body | extras).status_code == 200
+    past_context = text.post("/v1/completions", json=body | {"max_tokens": 80}).json()  # the window slides
+    assert past_context["usage"]["completion_tokens"] == 80
     chunks = events(text.post("/v1/completions", json=body | {"stream": True, "echo": True}))
     assert "".join(c["choices"][0]["text"] for c in chunks) == "the " + first["choices"][0]["text"]
 
@@ -91,14 +93,14 @@ def test_completion_with_stop_seed_and_lmlab_processors(text: TestClient) -> Non
         ({"model": "gpt-4o", "prompt": "the "}, 404, "model_not_found"),
         ({"model": TEXT_MODEL, "prompt": "the ", "max_tokens": -1}, 400, "invalid_value"),
         ({"model": TEXT_MODEL, "prompt": "the " * 17}, 400, "context_length_exceeded"),
-        ({"model": TEXT_MODEL, "prompt": "the ", "max_tokens": 100}, 400, "context_length_exceeded"),
+        ({"model": TEXT_MODEL, "prompt": "the ", "max_tokens": 5000}, 400, "invalid_value"),
         ({"model": TEXT_MODEL, "prompt": "the " * 600}, 413, "request_too_large"),
         ({"model": TEXT_MODEL, "prompt": "héllo€"}, 400, None),  # characters the char tokenizer lacks
         ({"model": TEXT_MODEL, "prompt": "the ", "temperature": "hot"}, 400, "invalid_value"),
         ({"model": TEXT_MODEL, "prompt": "the ", "processors": [{"name": "nope"}]}, 400, "invalid_value"),
         ({"prompt": "the "}, 400, "invalid_value"),
     ],
-    ids=["malformed-json", "unknown-model", "negative-max-tokens", "prompt-past-context", "budget-past-context",
+    ids=["malformed-json", "unknown-model", "negative-max-tokens", "prompt-past-context", "max-tokens-over-limit",
          "oversized-body", "unknown-characters", "bad-type", "unknown-processor", "no-model"],
 )  # fmt: skip
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(text: TestClient, body, status, code) -> None:

@@ -27,16 +27,18 @@ def check_settings(cfg: DictConfig) -> None:
     """Refuse impossible numbers before the (slow) model load."""
     if not 0 < int(cfg.port) < 65536:
         raise LmlabError(f"port={cfg.port} is not a TCP port; give one in 1..65535, e.g. port=8000")
-    for key in ("max_tokens", "max_batch", "max_queue", "max_body_bytes"):
+    for key in ("max_tokens", "max_tokens_limit", "max_batch", "max_queue", "max_body_bytes"):
         if int(cfg[key]) < 1:
             raise LmlabError(f"{key}={cfg[key]} must be at least 1, e.g. {key}={DEFAULTS[key]}")
+    if int(cfg.max_tokens) > int(cfg.max_tokens_limit):
+        raise LmlabError(f"max_tokens={cfg.max_tokens} is over max_tokens_limit={cfg.max_tokens_limit}; lower it")
     if cfg.context is not None and int(cfg.context) < 2:
         raise LmlabError(f"context={cfg.context} is too small to serve; give a few hundred tokens, or null")
     if str(cfg.log_level) not in LOG_LEVELS:
         raise LmlabError(f"log_level={cfg.log_level} is not one of {', '.join(LOG_LEVELS)}")
 
 
-DEFAULTS = {"max_tokens": 256, "max_batch": 32, "max_queue": 256, "max_body_bytes": 1_000_000}
+DEFAULTS = {"max_tokens": 256, "max_tokens_limit": 4096, "max_batch": 32, "max_queue": 256, "max_body_bytes": 1_000_000}
 """Examples named in the errors (conf/serve.yaml holds the real defaults)."""
 
 
@@ -53,12 +55,13 @@ def build_app(cfg: DictConfig) -> FastAPI:
     source = Path(str(cfg.ckpt if cfg.ckpt is not None else cfg.pretrained))
     name = str(cfg.model_name) if cfg.model_name else source.name.removesuffix(".gguf")
     settings = ServeSettings(
-        name,
-        context,
-        int(cfg.max_tokens),
-        int(cfg.max_body_bytes),
-        cfg.api_key or os.environ.get("LMLAB_API_KEY") or None,
-        cfg.system,
+        model_name=name,
+        context=context,
+        max_tokens=int(cfg.max_tokens),
+        max_tokens_limit=int(cfg.max_tokens_limit),
+        max_body_bytes=int(cfg.max_body_bytes),
+        api_key=cfg.api_key or os.environ.get("LMLAB_API_KEY") or None,
+        system=cfg.system,
     )
     engine = Engine(model, tokenizer, block_size, int(cfg.max_batch), int(cfg.max_queue))
     return create_app(engine, settings)

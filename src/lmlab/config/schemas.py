@@ -138,6 +138,7 @@ class ServeSchema:
     system: str | None = MISSING
     context: int | None = MISSING
     max_tokens: int = MISSING
+    max_tokens_limit: int = MISSING
     max_batch: int = MISSING
     max_queue: int = MISSING
     max_body_bytes: int = MISSING

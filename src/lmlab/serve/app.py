@@ -41,9 +41,11 @@ class ServeSettings:
     model_name: str
     """The id `/v1/models` lists; requests naming another model get 404."""
     context: int
-    """Tokens of prompt plus reply a request may take."""
+    """Tokens a prompt may take (a reply may run past them: the model then sees its last `block_size` tokens)."""
     max_tokens: int = 256
     """The reply budget of a request that gives no `max_tokens`."""
+    max_tokens_limit: int = 4096
+    """The largest `max_tokens` a request may ask for (a bound on one request's work)."""
     max_body_bytes: int = 1_000_000
     """Larger request bodies get 413 before they are read whole."""
     api_key: str | None = None
@@ -208,18 +210,24 @@ class _Api:
         return {"id": self.settings.model_name, "object": "model", "created": 0, "owned_by": "lmlab"}
 
     def _config(self, req: wire.Sampling, ids: list[int], max_tokens: int | None) -> GenerationConfig:
-        """The request's decoding settings; a prompt and budget the context cannot hold are refused."""
-        context = self.settings.context
-        if max_tokens is None:
-            max_tokens = min(self.settings.max_tokens, max(0, context - len(ids)))
-        if len(ids) + max_tokens > context or len(ids) >= context:
+        """The request's decoding settings; a prompt the context cannot hold, or a budget over the limit, is refused.
+
+        A reply may run past the context: the model then sees its last `block_size` tokens, as `lmlab generate` does.
+        """
+        context, limit = self.settings.context, self.settings.max_tokens_limit
+        if len(ids) > context:
             raise wire.ApiError(
                 400,
-                f"this model's context is {context} tokens, but the prompt takes {len(ids)} "
-                f"and max_tokens asks for {max_tokens}; shorten the prompt or lower max_tokens",
+                f"the prompt takes {len(ids)} tokens, more than this model's context of {context}; shorten it",
                 param="messages" if isinstance(req, wire.ChatRequest) else "prompt",
                 code="context_length_exceeded",
             )
+        max_tokens = self.settings.max_tokens if max_tokens is None else max_tokens
+        if max_tokens > limit:
+            message = (
+                f"max_tokens={max_tokens} is over this server's limit of {limit} (its max_tokens_limit); ask for fewer"
+            )
+            raise wire.ApiError(400, message, param="max_tokens", code="invalid_value")
         try:
             sampling = SamplingOptions(req.temperature, req.top_k, req.top_p, req.min_p, req.repetition_penalty)
             config = GenerationConfig(
