@@ -149,7 +149,7 @@ class _Api:
         id_ = wire.new_id("chatcmpl")
         name = self.settings.model_name
         if not req.stream:
-            text, finish = await self._run(config, ids, req)
+            text, finish = await self._run(config, ids)
             usage = wire.usage(len(ids), finish.completion_tokens)
             return JSONResponse(wire.chat_response(id_, name, text.lstrip(), finish.reason, usage))
 
@@ -172,7 +172,7 @@ class _Api:
         id_, name = wire.new_id("cmpl"), self.settings.model_name
         echo = req.text if req.echo else ""
         if not req.stream:
-            text, finish = await self._run(config, ids, req)
+            text, finish = await self._run(config, ids)
             body = wire.completion_response(id_, name, echo + text, finish.reason)
             return JSONResponse(body | {"usage": wire.usage(len(ids), finish.completion_tokens)})
 
@@ -264,7 +264,7 @@ class _Api:
             raise wire.ApiError(429, str(err), type_="rate_limit_error", code="rate_limit_exceeded") from err
         return job, events
 
-    async def _run(self, config: GenerationConfig, ids: list[int], req: wire.Sampling) -> tuple[str, Finish]:
+    async def _run(self, config: GenerationConfig, ids: list[int]) -> tuple[str, Finish]:
         job, events = self._submit(config, ids)
         pieces: list[str] = []
         try:
