@@ -157,7 +157,7 @@ def test_command_headers_name_a_real_run_folder() -> None:
         assert folders and folders <= names, (command, folders)
 
 
-NO_OUTPUT_COMMANDS = ("eval", "generate", "chat", "export", "predict", "report")
+NO_OUTPUT_COMMANDS = ("eval", "generate", "chat", "serve", "export", "predict", "report")
 
 
 @pytest.mark.parametrize("command", NO_OUTPUT_COMMANDS)
