@@ -26,7 +26,13 @@ lint:  ## ruff lint and format check
 format:  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
+serve:  ## OpenAI-compatible server and chat page on http://127.0.0.1:8000/ (SmolLM2 unless CKPT=RUN)
+	$(VENV)/bin/lmlab serve $(if $(CKPT),ckpt=$(CKPT))
+
+load-test:  ## lmlab serve under 32 streaming clients x 20 requests (trains the Shakespeare model once if needed)
+	$(PY) scripts/serve_load.py $(if $(CKPT),--ckpt $(CKPT))
+
 bench:  ## lmlab Trainer vs plain PyTorch loop throughput
 	$(PY) scripts/bench_train.py
 
-.PHONY: help install train test test-all lint format bench
+.PHONY: help install train test test-all lint format serve load-test bench

@@ -126,3 +126,19 @@ def test_lmlab_serve_with_no_checkpoint_answers_with_smollm2() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_row_and_the_server_goes_on() -> None:
+    with running(text_app(max_tokens=12)) as url:
+        body = {"model": TEXT_MODEL, "prompt": "the ", "max_tokens": 4000, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
+            first = next(line for line in response.iter_lines() if line.startswith("data: "))
+            assert json.loads(first.removeprefix("data: "))["choices"][0]["text"]
+        # the abandoned request ends long before its 4000 tokens; the next one is answered
+        done = {"model": TEXT_MODEL, "prompt": "the ", "max_tokens": 3}
+        answer = httpx.post(f"{url}/v1/completions", json=done, timeout=60).json()
+        assert answer["usage"]["completion_tokens"] == 3
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/health", timeout=10).json()["batches"] < 2:
+            assert time.monotonic() < deadline, "the abandoned row was never stopped"
+            time.sleep(0.1)

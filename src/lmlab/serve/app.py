@@ -92,8 +92,13 @@ def _add_error_handlers(app: FastAPI) -> None:
             status_code=err.status_code,
         )
 
+    async def bug(_: Request, err: Exception) -> Response:  # logged with its traceback by uvicorn; the client gets JSON
+        message = f"the server failed on this request ({type(err).__name__}); see the server's log"
+        return JSONResponse(wire.ApiError(500, message, type_="server_error").body(), status_code=500)
+
     app.add_exception_handler(wire.ApiError, api_error)
     app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, bug)
 
 
 class _Api:
