@@ -199,3 +199,23 @@ def test_the_cli_serves_a_checkpoint_with_its_settings(tmp_path) -> None:
         assert reply["usage"]["prompt_tokens"] > 5  # the system prompt was put first
         long = {"model": "chat.ckpt", "messages": [{"role": "user", "content": "hi " * 20}]}
         assert client.post("/v1/chat/completions", json=long).json()["error"]["code"] == "context_length_exceeded"
+
+
+@pytest.mark.parametrize("family", ["lstm", "ngram"])
+def test_recurrent_and_windowed_models_serve_too(family: str) -> None:
+    from lmlab.models import LSTMConfig, NGramConfig, build_model
+    from lmlab.serve import ServeSettings, create_app
+    from lmlab.tokenizers import CharTokenizerConfig
+    from tests.helpers.compose import TINY_TEXT
+
+    tokenizer = CharTokenizerConfig().train([TINY_TEXT])
+    vocab = tokenizer.vocab_size
+    config = LSTMConfig(vocab, n_layer=1, n_embd=16, n_hidden=16) if family == "lstm" else NGramConfig(vocab, order=3)
+    engine = Engine(build_model(config).eval(), tokenizer, getattr(config, "block_size", 64))
+    with TestClient(create_app(engine, ServeSettings(family, 256))) as client:
+        body = {"model": family, "prompt": "the ", "max_tokens": 5, "stream": True, "seed": 0}
+        chunks = events(client.post("/v1/completions", json=body))
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        plain = client.post("/v1/completions", json=body | {"stream": False}).json()
+        assert plain["usage"]["completion_tokens"] == 5
+        assert "".join(c["choices"][0]["text"] for c in chunks) == plain["choices"][0]["text"]
