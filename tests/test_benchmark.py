@@ -1,0 +1,97 @@
+"""lmlab as an lm-evaluation-harness model: its three request types agree with lmlab's own commands (rolling
+log-likelihood with `lmlab eval`'s loss, greedy `generate_until` with `lmlab generate`), and the shipped tasks run
+offline through `lmlab benchmark`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("lm_eval", reason="needs the bench extra: pip install -e '.[bench]'")
+
+from lm_eval.api.instance import Instance
+
+from lmlab.benchmark import LmlabLM, rolling_windows
+from lmlab.checkpoints.load import load_checkpoint
+from lmlab.cli import generate as generate_cli
+from lmlab.data.windows import TokenWindows
+from lmlab.inference.evaluate import evaluate_file
+from lmlab.inference.text_quality import continuation_nll
+from tests.helpers.classification import fake_lm_checkpoint
+from tests.helpers.compose import TINY_TEXT, command
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    return fake_lm_checkpoint(tmp_path_factory.mktemp("bench") / "lm.ckpt", TINY_TEXT, block_size=16)
+
+
+def requests(kind: str, *arguments: tuple) -> list[Instance]:
+    return [Instance(kind, {}, args, i) for i, args in enumerate(arguments)]
+
+
+@pytest.mark.parametrize("length", [17, 40, 16 * 7 + 5])
+def test_rolling_windows_are_the_windows_lmlab_eval_scores(length: int) -> None:
+    ids = list(range(length))
+    windows = TokenWindows(np.array(ids), 16, cover_tail=True)
+    expected = []
+    for i in range(len(windows)):
+        x, y = windows[i]
+        expected.append((x.tolist(), [t for t in y.tolist() if t >= 0]))
+    got = [(ctx + cont[:-1], cont) for ctx, cont in rolling_windows(ids, 16)]
+    assert [(x[-16:], y) for x, y in got] == [(x, y) for x, y in expected]
+    assert sum(len(cont) for _, cont in got) == length - 1
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 64])
+def test_rolling_loglikelihood_equals_lmlab_eval_total_loss(checkpoint: Path, tmp_path: Path, batch_size: int) -> None:
+    text = TINY_TEXT[:300]  # 300 characters: 19 windows of the model's 16-token context
+    file = tmp_path / "text.txt"
+    file.write_text(text, encoding="utf-8")
+    evaluation = evaluate_file(load_checkpoint(checkpoint, CPU), file, CPU)
+    total = evaluation.metrics["val/loss"] * evaluation.tokens
+    lm = LmlabLM(ckpt=str(checkpoint), device="cpu", batch_size=batch_size)
+    rolling, short = lm.loglikelihood_rolling(requests("loglikelihood_rolling", (text,), ("To",)))
+    assert evaluation.tokens == len(text) - 1
+    assert abs(-rolling - total) / total <= 1e-4
+    assert short == pytest.approx(lm.loglikelihood(requests("loglikelihood", ("T", "o")))[0][0])
+
+
+def test_loglikelihood_is_the_continuation_nll_whatever_the_batch(checkpoint: Path) -> None:
+    pairs = [("Citizen:", "\nBefore"), ("All:", "\nSpeak, speak"), ("You", " are all")]  # within 16 + 1
+    got = {}
+    for batch_size in (1, 2, 8):
+        lm = LmlabLM(ckpt=str(checkpoint), device="cpu", batch_size=batch_size)
+        got[batch_size] = lm.loglikelihood(requests("loglikelihood", *pairs))
+    nats, _ = continuation_nll(lm.model, lm.tokenizer, [p for p, _ in pairs], [c for _, c in pairs], 16)
+    assert sum(logprob for logprob, _ in got[1]) == pytest.approx(-nats, rel=1e-5)
+    for batch_size in (2, 8):
+        assert [g for _, g in got[batch_size]] == [g for _, g in got[1]]
+        assert [lp for lp, _ in got[batch_size]] == pytest.approx([lp for lp, _ in got[1]], rel=1e-5)
+
+
+def test_a_greedy_continuation_is_scored_as_greedy(checkpoint: Path) -> None:
+    lm = LmlabLM(ckpt=str(checkpoint), device="cpu")
+    until = {"until": [], "max_gen_toks": 6, "do_sample": False}
+    (text,) = lm.generate_until(requests("generate_until", ("Citizen", until)))  # (no trailing whitespace:
+    # lm-eval moves it into the continuation)
+    ((_, greedy), (_, other)) = lm.loglikelihood(requests("loglikelihood", ("Citizen", text), ("F", "zzz")))
+    assert len(text) == 6 and greedy and not other
+
+
+def test_greedy_generate_until_is_lmlab_generate_byte_for_byte(checkpoint: Path) -> None:
+    prompts = ["First Citizen:\n", "All:\n", "You are all resolved rather to die than to famish?\n", "Sp"]
+    settings = {"until": ["\n\n", "ci"], "max_gen_toks": 24, "do_sample": False, "temperature": 0.0}
+    lm = LmlabLM(ckpt=str(checkpoint), device="cpu", batch_size=3)
+    texts = lm.generate_until(requests("generate_until", *((p, settings) for p in prompts)))
+    for prompt, text in zip(prompts, texts, strict=True):
+        cfg = command("generate", [f"ckpt={checkpoint}", f"prompt={prompt!r}", "max_new_tokens=24", "temperature=0",
+                                   "stop=['\\n\\n',ci]", "stream=false", "device=cpu"])  # fmt: skip
+        (completion,) = generate_cli.generate(cfg)
+        assert text.encode() == completion.text.encode()
