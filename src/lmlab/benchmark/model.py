@@ -175,19 +175,45 @@ def generation_config(settings: dict[str, Any], seed: int) -> Any:
     )
 
 
-@torch.no_grad()
 def score_rows(
     model: torch.nn.Module, rows: Sequence[Row], block_size: int, batch_size: int
 ) -> list[tuple[float, bool]]:
-    """(log-likelihood, is greedy) of each continuation given its context, the pair cut on the left to the model's
-    context of `block_size` + 1 tokens; rows are sorted by length so a batch pads little."""
+    """(log-likelihood, is greedy) of each continuation given its context, in the model's context of `block_size`
+    tokens: the context is cut on the left, and a continuation longer than `block_size` is scored in pieces."""
+    if any(not ctx or not cont for ctx, cont in rows):
+        raise LmlabError("an lm-eval request has an empty context or continuation; give both some text")
+    owners, pieces = [], []
+    for index, (ctx, cont) in enumerate(rows):
+        for piece in split_row(ctx, cont, block_size):
+            owners.append(index)
+            pieces.append(piece)
+    results = [(0.0, True)] * len(rows)
+    for owner, (logprob, greedy) in zip(owners, score_pieces(model, pieces, block_size, batch_size), strict=True):
+        results[owner] = (results[owner][0] + logprob, results[owner][1] and greedy)
+    return results
+
+
+def split_row(ctx: list[int], cont: list[int], block_size: int) -> list[Row]:
+    """A row as pieces that fit the context: itself when the continuation does, else pieces of half the context,
+    each after the tokens (context and continuation) just before it."""
+    if len(cont) <= block_size:
+        return [(ctx, cont)]
+    step = max(1, block_size // 2)
+    pieces = []
+    for start in range(0, len(cont), step):
+        target = cont[start : start + step]
+        before = (ctx + cont[:start])[-(block_size + 1 - len(target)) :]
+        pieces.append((before, target))
+    return pieces
+
+
+@torch.no_grad()
+def score_pieces(
+    model: torch.nn.Module, rows: Sequence[Row], block_size: int, batch_size: int
+) -> list[tuple[float, bool]]:
+    """`score_rows` for continuations of at most `block_size` tokens: one forward pass per batch of rows, sorted by
+    length so a batch pads little."""
     device = next(iter([*model.parameters(), *model.buffers()])).device
-    for ctx, cont in rows:
-        if not ctx or not cont or len(cont) > block_size:
-            raise LmlabError(
-                f"a continuation of {len(cont)} tokens after {len(ctx)} of context cannot be scored in a context of "
-                f"{block_size}; give a non-empty context and a shorter continuation"
-            )
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]) - len(rows[i][1]))
     results: list[tuple[float, bool]] = [(0.0, False)] * len(rows)
     for start in range(0, len(order), batch_size):

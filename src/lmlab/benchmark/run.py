@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,13 +73,26 @@ def run_benchmark(
         raise LmlabError(f"limit={limit} must be a positive integer (or null for every document)")
     manager = task_manager(lm_eval_tasks)
     check_tasks(tasks, manager)
-    out = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=False,
-                          random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                          fewshot_random_seed=seed)  # fmt: skip
+    with quiet_lm_eval():
+        out = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=False,
+                              random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                              fewshot_random_seed=seed)  # fmt: skip
     metrics = {task: numbers(values) for task, values in out["results"].items()}
     samples = {task: int(n["effective"]) for task, n in out.get("n-samples", {}).items()}
     config = {"tasks": list(tasks), "limit": limit, "lm_eval": lm_eval.__version__, "seed": seed}
     return BenchmarkResult(metrics, samples, config)
+
+
+@contextlib.contextmanager
+def quiet_lm_eval() -> Iterator[None]:
+    """lm-eval's info lines and its advice on task metadata held back while it runs: the table is the output."""
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def numbers(values: dict[str, Any]) -> dict[str, float]:
