@@ -5,6 +5,9 @@ offline through `lmlab benchmark`."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,7 @@ from lmlab.data.windows import TokenWindows
 from lmlab.inference.evaluate import evaluate_file
 from lmlab.inference.text_quality import continuation_nll
 from tests.helpers.classification import fake_lm_checkpoint, requires
-from tests.helpers.cli import one_line_error
+from tests.helpers.cli import one_line_error, run_cli
 from tests.helpers.compose import TINY_TEXT, command
 
 CPU = torch.device("cpu")
@@ -154,3 +157,22 @@ def test_a_continuation_longer_than_the_context_is_scored_in_pieces(checkpoint: 
     pieces = split_row(lm.tok_encode(TINY_TEXT[:5]), lm.tok_encode(cont), 16)
     assert [len(c) for _, c in pieces] == [8] * 5 and all(len(a) + len(c) <= 17 for a, c in pieces)
     assert logprob == pytest.approx(sum(lp for lp, _ in score_rows(lm.model, pieces, 16, 4)), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_lmlab_benchmark_and_the_lm_eval_command_line_run_offline(shakespeare_checkpoint: Path, tmp_path: Path) -> None:
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
+    result = run_cli("benchmark", f"ckpt={shakespeare_checkpoint}", "tasks=[shakespeare_speaker,shakespeare_ppl]",
+                     "limit=5", "device=cpu", cwd=tmp_path, env=offline, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (written,) = tmp_path.glob("outputs/benchmark/*/*/results.json")
+    assert set(json.loads(written.read_text())["results"]) == {"shakespeare_speaker", "shakespeare_ppl"}
+    assert list(written.parent.glob("wandb/offline-run-*")) and (written.parent / "tensorboard").is_dir()
+    harness = subprocess.run(
+        [sys.executable, "-m", "lmlab.benchmark", "--model", "lmlab", "--model_args", f"ckpt={shakespeare_checkpoint}",
+         "--device", "cpu", "--tasks", "shakespeare_cloze", "--limit", "5", "--output_path", str(tmp_path / "lm_eval")],
+        capture_output=True, text=True, env={**os.environ, **offline}, timeout=600,
+    )  # fmt: skip
+    assert harness.returncode == 0, harness.stderr
+    (saved,) = (tmp_path / "lm_eval").rglob("results_*.json")
+    assert "acc,none" in json.loads(saved.read_text())["results"]["shakespeare_cloze"]
