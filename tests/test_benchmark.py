@@ -25,6 +25,7 @@ from lmlab.checkpoints.load import load_checkpoint
 from lmlab.cli import benchmark as benchmark_cli
 from lmlab.cli import generate as generate_cli
 from lmlab.data.windows import TokenWindows
+from lmlab.errors import LmlabError
 from lmlab.inference.evaluate import evaluate_file
 from lmlab.inference.text_quality import continuation_nll
 from tests.helpers.classification import fake_lm_checkpoint, requires
@@ -176,3 +177,9 @@ def test_lmlab_benchmark_and_the_lm_eval_command_line_run_offline(shakespeare_ch
     assert harness.returncode == 0, harness.stderr
     (saved,) = (tmp_path / "lm_eval").rglob("results_*.json")
     assert "acc,none" in json.loads(saved.read_text())["results"]["shakespeare_cloze"]
+
+
+def test_a_mistyped_model_argument_is_refused(checkpoint: Path) -> None:
+    with pytest.raises(LmlabError, match="unknown model argument 'batchsize'"):
+        LmlabLM(ckpt=str(checkpoint), device="cpu", batchsize=4)
+    assert LmlabLM(ckpt=str(checkpoint), device="cpu", batch_size="auto", max_batch_size=64).batch_size == 16

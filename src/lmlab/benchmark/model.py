@@ -40,9 +40,13 @@ class LmlabLM(TemplateLM):
         batch_size: int | str | None = DEFAULT_BATCH_SIZE,
         seed: int = 0,
         loaded: LoadedCheckpoint | None = None,
-        **_ignored: Any,  # lm-eval passes `max_batch_size` and the like to every model
+        max_batch_size: int | None = None,  # lm-eval passes it to every model; batches here are `batch_size`
+        **unknown: Any,
     ) -> None:
         super().__init__()
+        if unknown:
+            raise LmlabError(f"unknown model argument {next(iter(unknown))!r} of the lmlab model; give ckpt=RUN and "
+                             "optionally device, batch_size, seed")  # fmt: skip
         if loaded is None:
             if not ckpt:
                 raise LmlabError("the lmlab model needs a checkpoint: --model_args ckpt=outputs/<task>/<date>/<time>")
@@ -84,6 +88,10 @@ class LmlabLM(TemplateLM):
 
     def tok_decode(self, tokens: Sequence[int], **kwargs: Any) -> str:
         return self.tokenizer.decode(list(tokens))
+
+    def loglikelihood(self, requests: list, disable_tqdm: bool = True) -> list[tuple[float, bool]]:
+        """lm-eval's tokenization of (context, continuation) pairs, without its progress bar."""
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
 
     def _loglikelihood_tokens(self, requests: list[tuple[Any, list[int], list[int]]], **kwargs: Any) -> list:
         return score_rows(self.model, [(ctx, cont) for _, ctx, cont in requests], self.block_size, self.batch_size)

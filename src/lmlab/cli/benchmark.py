@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("lmlab")
 
 
+def number(value: float) -> str:
+    """Four decimals, or four significant digits for the large values perplexities reach."""
+    return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+
+
 def print_result(result: BenchmarkResult, written: Path, where: list[str]) -> None:
     """One row per task and metric, and where the results went."""
     from rich.console import Console
@@ -28,10 +33,9 @@ def print_result(result: BenchmarkResult, written: Path, where: list[str]) -> No
 
     table = Table("task", "metric", "value", "± stderr", "docs")
     for row in result.rows():
-        stderr = "" if row["stderr"] is None else f"{row['stderr']:.4f}"
-        table.add_row(
-            row["task"], row["metric"], f"{row['value']:.4f}", stderr, str(result.samples.get(row["task"], ""))
-        )
+        stderr = "" if row["stderr"] is None else number(row["stderr"])
+        docs = str(result.samples.get(row["task"], ""))
+        table.add_row(row["task"], row["metric"], number(row["value"]), stderr, docs)
     console = Console(soft_wrap=True)
     console.print(table)
     console.print(f"written: {written}; logged to {', '.join(where) or 'nothing'}", markup=False, highlight=False)
