@@ -58,8 +58,10 @@ def test_rolling_windows_are_the_windows_lmlab_eval_scores(length: int) -> None:
     assert sum(len(cont) for _, cont in got) == length - 1
 
 
-@pytest.mark.parametrize("batch_size", [1, 4, 64])
-def test_rolling_loglikelihood_equals_lmlab_eval_total_loss(checkpoint: Path, tmp_path: Path, batch_size: int) -> None:
+@pytest.mark.parametrize(("family", "batch_size"), [("gpt", 1), ("gpt", 4), ("gpt", 64), ("lstm", 4), ("ngram", 4)])
+def test_rolling_loglikelihood_equals_lmlab_eval_total_loss(tmp_path: Path, family: str, batch_size: int) -> None:
+    torch.manual_seed(0)
+    checkpoint = fake_lm_checkpoint(tmp_path / "lm.ckpt", TINY_TEXT, block_size=16, family=family)
     text = TINY_TEXT[:300]  # 300 characters: 19 windows of the model's 16-token context
     file = tmp_path / "text.txt"
     file.write_text(text, encoding="utf-8")
@@ -94,7 +96,10 @@ def test_a_greedy_continuation_is_scored_as_greedy(checkpoint: Path) -> None:
     assert len(text) == 6 and greedy and not other
 
 
-def test_greedy_generate_until_is_lmlab_generate_byte_for_byte(checkpoint: Path) -> None:
+@pytest.mark.parametrize("family", ["gpt", "lstm", "ngram"])
+def test_greedy_generate_until_is_lmlab_generate_byte_for_byte(tmp_path: Path, family: str) -> None:
+    torch.manual_seed(0)
+    checkpoint = fake_lm_checkpoint(tmp_path / "lm.ckpt", TINY_TEXT, block_size=16, family=family)
     prompts = ["First Citizen:\n", "All:\n", "You are all resolved rather to die than to famish?\n", "Sp"]
     settings = {"until": ["\n\n", "ci"], "max_gen_toks": 24, "do_sample": False, "temperature": 0.0}
     lm = LmlabLM(ckpt=str(checkpoint), device="cpu", batch_size=3)
