@@ -50,7 +50,10 @@ class LmlabLM(TemplateLM):
         if loaded is None:
             if not ckpt:
                 raise LmlabError("the lmlab model needs a checkpoint: --model_args ckpt=outputs/<task>/<date>/<time>")
-            loaded = load_language_model(str(ckpt), str(device))
+            from lmlab.compute.hardware import pick_device
+            from lmlab.inference.language_model import load_language_model
+
+            loaded = load_language_model(str(ckpt), pick_device(str(device)))
         self.loaded = loaded
         self.model = loaded.model.eval()
         self.tokenizer = loaded.tokenizer
@@ -133,17 +136,6 @@ class LmlabLM(TemplateLM):
                 for i, completion in zip(batch, done, strict=True):
                     texts[i] = completion.text
         return texts
-
-
-def load_language_model(ckpt: str, device: str) -> LoadedCheckpoint:
-    """The checkpoint at `ckpt` on `device`, refused unless it is a causal language model."""
-    from lmlab.checkpoints.load import load_checkpoint
-    from lmlab.compute.hardware import pick_device
-    from lmlab.inference.language_model import require_language_model
-
-    loaded = load_checkpoint(ckpt, pick_device(device))
-    require_language_model(loaded)
-    return loaded
 
 
 def batch_size_of(value: int | str | None) -> int:

@@ -156,13 +156,10 @@ def _write(index: int, piece: str) -> None:
 
 def load_language_model(ckpt: str, device: str) -> LoadedCheckpoint:
     """Load a checkpoint that can generate text: a causal model trained as a language model."""
-    from lmlab.checkpoints.load import load_checkpoint
     from lmlab.compute.hardware import pick_device
-    from lmlab.inference.language_model import require_language_model
+    from lmlab.inference.language_model import load_language_model as load
 
-    loaded = load_checkpoint(ckpt, pick_device(device))
-    require_language_model(loaded)
-    return loaded
+    return load(ckpt, pick_device(device))
 
 
 def steering_vector(settings: DictConfig | None) -> SteeringVector | None:

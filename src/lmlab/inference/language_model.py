@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-from lmlab.checkpoints.load import LoadedCheckpoint, import_target
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lmlab.checkpoints.load import LoadedCheckpoint, import_target, load_checkpoint
 from lmlab.errors import LmlabError
 from lmlab.generation import require_causal
+
+if TYPE_CHECKING:
+    import torch
+
+
+def load_language_model(ckpt: str | Path, device: torch.device) -> LoadedCheckpoint:
+    """The checkpoint at `ckpt` (a file or a run folder) on `device`, refused unless it is a causal language model."""
+    loaded = load_checkpoint(ckpt, device)
+    require_language_model(loaded)
+    return loaded
 
 
 def require_language_model(loaded: LoadedCheckpoint) -> None:
