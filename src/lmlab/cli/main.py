@@ -21,6 +21,7 @@ COMMANDS = {
     "probe": ("lmlab.cli.probe", "linear probes of each layer's residual stream: lmlab probe ckpt=RUN data=..."),
     "patch": ("lmlab.cli.patch", "activation patching, layer x position: lmlab patch ckpt=RUN clean=... corrupted=..."),
     "steer": ("lmlab.cli.steer", "a steering vector from two sets of texts, for generate's steer.vector=..."),
+    "benchmark": ("lmlab.cli.benchmark", "lm-evaluation-harness tasks on a checkpoint: lmlab benchmark ckpt=RUN"),
     "report": ("lmlab.cli.report", "rank the runs of a sweep, write report.md/.csv and plots: lmlab report DIR"),
 }
 UNTYPED_COMMANDS = {"report"}  # read run folders only: no schemas, whose model dataclasses would import torch

@@ -200,6 +200,21 @@ class LensSchema:
 
 
 @dataclasses.dataclass
+class BenchmarkSchema:
+    task_name: str = MISSING
+    output_dir: str = MISSING
+    ckpt: str = MISSING
+    tasks: list[str] = MISSING
+    limit: int | None = MISSING
+    batch_size: int = MISSING
+    lm_eval_tasks: bool = MISSING
+    seed: int = MISSING
+    tensorboard: bool = MISSING
+    wandb: bool = MISSING
+    device: str = MISSING
+
+
+@dataclasses.dataclass
 class PredictSchema:
     ckpt: str = MISSING
     input: str = MISSING
@@ -282,6 +297,7 @@ COMMAND_SCHEMAS = {
     "predict": PredictSchema,
     "inspect": InspectSchema,
     "lens": LensSchema,
+    "benchmark": BenchmarkSchema,
     "export": ExportSchema,
     "probe": ProbeSchema,
     "patch": PatchSchema,
