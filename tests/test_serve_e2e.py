@@ -142,3 +142,49 @@ def test_a_client_that_leaves_mid_stream_frees_its_row_and_the_server_goes_on() 
         while httpx.get(f"{url}/health", timeout=10).json()["batches"] < 2:
             assert time.monotonic() < deadline, "the abandoned row was never stopped"
             time.sleep(0.1)
+
+
+TINY_TASK = """task: tiny_chat_replies
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {docs}
+output_type: generate_until
+test_split: test
+doc_to_text: question
+doc_to_target: answer
+generation_kwargs:
+  until: ["?"]
+  max_gen_toks: 4
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+@pytest.mark.slow
+def test_lm_eval_local_chat_completions_evaluates_through_the_server(tmp_path: Path) -> None:
+    """lm-eval's own OpenAI-API model, pointed at `lmlab serve`: every document gets the server's reply."""
+    pytest.importorskip("lm_eval", reason="pip install 'lm-eval>=0.4.9,<0.5' (the bench extra)")
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    docs = tmp_path / "docs.jsonl"
+    questions = ["hi there", "how are you", "hi you", "are you there", "how are you there"]
+    docs.write_text("".join(json.dumps({"question": q, "answer": "hi"}) + "\n" for q in questions))
+    (tmp_path / "tiny_chat_replies.yaml").write_text(TINY_TASK.format(docs=docs))
+    with running(chat_app(context=32, max_tokens=4)) as url:
+        results = simple_evaluate(
+            model="local-chat-completions",
+            model_args=f"model={CHAT_MODEL},base_url={url}/v1/chat/completions,num_concurrent=1,max_retries=1",
+            tasks=["tiny_chat_replies"],
+            task_manager=TaskManager(include_path=str(tmp_path)),
+            apply_chat_template=True,
+            log_samples=True,
+        )
+        served = httpx.get(f"{url}/health", timeout=10).json()
+    samples = results["samples"]["tiny_chat_replies"]
+    assert len(samples) == 5 and all(isinstance(s["resps"][0][0], str) for s in samples)
+    assert 0 <= results["results"]["tiny_chat_replies"]["exact_match,none"] <= 1
+    assert served["batches"] >= 1
