@@ -106,3 +106,36 @@ def _as_float(text: str) -> float | None:
     except ValueError:
         return None
     return value if np.isfinite(value) else None
+
+
+def plot_scaling(points: Sequence[Any], fit: Any, path: str | Path, title: str = "") -> Path:
+    """Two panels of a scaling-law fit (`lmlab.analysis.scaling`): loss against compute C = 6·N·D, one colour per
+    model size, with the fitted compute frontier; and iso-loss contours of the fit in the (N, D) plane with the runs
+    and the compute-optimal path N*(C), D*(C)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12.0, 4.8), dpi=100)
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    compute = np.array([p.compute for p in points])
+    grid = np.geomspace(compute.min() / 3, compute.max() * 30, 200)
+    for n in sorted({p.n for p in points}):
+        mine = sorted((p for p in points if p.n == n), key=lambda p: p.compute)
+        left.plot([p.compute for p in mine], [p.loss for p in mine], marker="o", label=f"N={n:.3g}")
+    left.plot(grid, fit.frontier(grid), "k--", label="fitted frontier")
+    left.set(xscale="log", xlabel="compute C = 6·N·D (FLOPs)", ylabel="validation loss", title=title)
+    left.legend(fontsize=7)
+    left.grid(alpha=0.3)
+    ns = np.geomspace(min(p.n for p in points) / 3, max(p.n for p in points) * 10, 120)
+    ds = np.geomspace(min(p.d for p in points) / 3, max(p.d for p in points) * 10, 120)
+    nn, dd = np.meshgrid(ns, ds)
+    contours = right.contour(nn, dd, fit.predict(nn, dd), levels=12, cmap="viridis")
+    right.clabel(contours, fontsize=7, fmt="%.2f")
+    right.scatter([p.n for p in points], [p.d for p in points], c="k", s=12, zorder=3, label="runs")
+    n_opt, d_opt = fit.optimal(grid)
+    right.plot(n_opt, d_opt, "r-", label="compute-optimal N*, D*")
+    right.set(xscale="log", yscale="log", xlim=(ns[0], ns[-1]), ylim=(ds[0], ds[-1]), xlabel="parameters N",
+              ylabel="training tokens D", title="iso-loss contours of the fit")  # fmt: skip
+    right.legend(fontsize=7)
+    return save_figure(fig, path)

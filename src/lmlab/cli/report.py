@@ -69,6 +69,25 @@ def report(cfg: DictConfig) -> None:
     report = build_report(cfg.dir, cfg.metric, cfg.maximize, cfg.rank_by, metrics)
     out = Path(cfg.out).expanduser() if cfg.out else report.root
     print_report(report, write_report(report, out, plots=cfg.plots))
+    if cfg.get("fit") is not None:
+        fit_scaling(report, out, cfg)
+
+
+def fit_scaling(report: Report, out: Path, cfg: DictConfig) -> None:
+    """`fit=scaling`: the Chinchilla fit of the runs' final metric against parameters and tokens, printed and
+    written as scaling.json and scaling.png."""
+    from lmlab.analysis.scaling import describe, scaling_points, scaling_result, write_scaling
+
+    if cfg.fit != "scaling":
+        raise LmlabError(f"fit={cfg.fit!r} is unknown; choose fit=scaling (or leave fit out)")
+    if report.maximize:
+        raise LmlabError(f"fit=scaling fits a loss; {report.metric} is maximized: give metric=val/loss")
+    points = scaling_points(report.runs, report.metric, cfg.scaling.parameters)
+    result = scaling_result(points, cfg.compute, cfg.scaling.bootstrap, cfg.scaling.seed)
+    for line in describe(result):
+        print(line)
+    for path in write_scaling(result, points, out, title=str(report.root)):
+        print(f"written: {path}")
 
 
 _report_main = hydra_entry("report", report)

@@ -24,3 +24,10 @@ def count_parameters(model: nn.Module) -> int:
     """The model's own count where it defines one (tied weights once, n-gram entries), else its parameters."""
     count = getattr(model, "num_parameters", None)
     return int(count()) if callable(count) else parameter_counts(model).total
+
+
+def non_embedding_parameters(module: nn.Module) -> int:
+    """Parameters outside embedding tables (token and position lookups), Kaplan et al.'s N for scaling laws; a token
+    table tied to the output head is left out too."""
+    tables = {id(m.weight): m.weight.numel() for m in module.modules() if isinstance(m, nn.Embedding)}
+    return parameter_counts(module).total - sum(tables.values())

@@ -94,9 +94,23 @@ def write_summary(
         "tokens_per_s": tokens / fit_seconds if fit_seconds > 0 else None,
         "perf": perf or {},
     }
+    summary |= scaling_fields(task.model, tokens, getattr(datamodule, "block_size", None))
     if getattr(datamodule, "padding_fraction", None) is not None:  # SFT rows: the share of positions that are padding
         summary["padding_fraction"] = datamodule.padding_fraction
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+
+
+def scaling_fields(model: Any, tokens: int, seq_len: int | None) -> dict[str, Any]:
+    """What a scaling-law fit reads besides `parameters` and `train_tokens`: N without embedding tables, and the
+    training compute C = FLOPs per token (6·N + attention, `lmlab.models.flops`) × tokens where the model counts it."""
+    from lmlab.models.flops import flops_per_token
+    from lmlab.models.size import non_embedding_parameters
+
+    fields: dict[str, Any] = {"non_embedding_parameters": non_embedding_parameters(model)}
+    per_token = flops_per_token(model, seq_len) if seq_len else None
+    if per_token:
+        fields |= {"flops_per_token": per_token, "train_flops": per_token * tokens}
+    return fields
 
 
 def finished_metrics(run_dir: Path, max_steps: int, max_epochs: int | None = None) -> dict[str, float] | None:
