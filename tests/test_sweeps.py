@@ -36,8 +36,8 @@ def compose_with_hydra(overrides: list[str]):
 
 def test_unknown_launcher_and_preset_name_the_choices() -> None:
     launchers = hydra_group_options("hydra/launcher")
-    assert {"basic", "slurm", "slurm_local", "submitit_local", "submitit_slurm"} <= set(launchers)
-    with pytest.raises(LmlabError, match=r"^unknown hydra/launcher 'nope'; choose one of: basic, slurm, "):
+    assert {"basic", "joblib", "slurm", "slurm_local", "submitit_local", "submitit_slurm"} <= set(launchers)
+    with pytest.raises(LmlabError, match=r"^unknown hydra/launcher 'nope'; choose one of: basic, joblib, slurm, "):
         check_group_choices("train", ["-m", "hydra/launcher=nope"])
     with pytest.raises(LmlabError, match=r"^unknown hparams_search 'optuna'; choose one of: sentiment_optuna, "):
         check_group_choices("train", ["hparams_search=optuna"])
@@ -208,6 +208,34 @@ def test_slurm_preset_makes_an_sbatch_script(tmp_path, monkeypatch) -> None:
         assert f"#SBATCH {line}" in script
 
 
+def test_threads_per_job_splits_the_cores() -> None:
+    from lmlab.compute.threads import parallel_jobs, threads_per_job
+
+    assert [threads_per_job(8, n) for n in (1, 2, 3, 4, 8, 16)] == [8, 4, 2, 2, 1, 1]
+    assert threads_per_job(2, 2) == 1 and threads_per_job(1, 0) == 1
+    assert [parallel_jobs(n, 8) for n in (None, 0, 1, 2, -1, -2, -20)] == [1, 1, 1, 2, 8, 7, 1]
+
+
+def test_joblib_preset_composes_and_splits_threads(monkeypatch) -> None:
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+
+    from lmlab.cli.train import split_threads
+    from lmlab.compute.threads import available_cores, threads_per_job
+
+    assert "joblib" in hydra_group_options("hydra/launcher")
+    cfg = compose_with_hydra(["hydra/launcher=joblib", "optimizer.lr=1e-3"])
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2
+    before = torch.get_num_threads()
+    HydraConfig.instance().set_config(cfg)
+    try:
+        split_threads()
+        assert torch.get_num_threads() == threads_per_job(available_cores(), 2)
+    finally:
+        HydraConfig.instance().cfg = None
+        torch.set_num_threads(before)
+
+
 # --- end to end (slow) --------------------------------------------------------------------------------------------
 
 
@@ -332,3 +360,15 @@ def test_submitit_local_sweep_with_two_processes_per_job(tmp_path) -> None:
     jobs = job_dirs(sweep)
     assert [p.name for p in jobs] == ["0", "1"] and (sweep / ".submitit").is_dir()
     assert sorted(rank_records(job)[0]["lr"] for job in jobs) == [1e-3, 3e-3]
+
+
+@pytest.mark.slow
+def test_joblib_sweep_runs_jobs_in_parallel_processes(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_sweep(tmp_path, "-m", "hydra/launcher=joblib", "optimizer.lr=1e-3,3e-3", "trainer.max_steps=2",
+                       "trainer.val_check_interval=1", f"hydra.sweep.dir={sweep}")  # fmt: skip
+    assert [p.name for p in job_dirs(sweep)] == ["0", "1"]
+    assert all((job / "summary.json").is_file() for job in job_dirs(sweep))
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    for job in job_dirs(sweep):  # each job took its share of the cores
+        assert "joblib launcher: 2 jobs at once on" in "".join(log.read_text() for log in job.glob("*.log"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -15,6 +16,9 @@ from lmlab.errors import LmlabError
 
 log = logging.getLogger("lmlab")
 T = TypeVar("T")
+JOBLIB_SCHEMA_WARNING = r"\s*'hydra/launcher/joblib' is validated against ConfigStore schema with the same name"
+"""conf/hydra/launcher/joblib.yaml keeps the plugin's name (`hydra/launcher=joblib`) and so is checked against the
+plugin's schema, as intended; Hydra 1.3 warns that this matching by name is deprecated."""
 
 
 def user_error(err: BaseException) -> str | None:
@@ -57,6 +61,7 @@ def hydra_entry(config_name: str, command: Callable[[DictConfig], object]) -> Ca
     def main() -> None:
         import hydra
 
+        warnings.filterwarnings("ignore", message=JOBLIB_SCHEMA_WARNING, category=UserWarning)
         hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(
             reports_errors(command)
         )()

@@ -197,6 +197,7 @@ def run(cfg: DictConfig) -> float | None:
     """Hydra task function: train, always close the W&B run, return the optimized metric for sweepers."""
     from lmlab.runs.loggers import finish_wandb
 
+    split_threads()
     ranks = sweep_ranks(cfg)
     if ranks > 1:  # one job of a sweep on several processes: its ranks start here (see lmlab.compute.launch)
         from lmlab.compute.launch import run_ranks
@@ -208,6 +209,23 @@ def run(cfg: DictConfig) -> float | None:
     finally:
         finish_wandb()
     return metrics.get(cfg.get("optimized_metric") or "")
+
+
+def split_threads() -> None:
+    """In a sweep launched by joblib (`hydra/launcher=joblib`), give this job its share of the cores as torch threads,
+    so that `n_jobs` parallel jobs do not each start one thread per core."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or "joblib" not in str(HydraConfig.get().launcher.get("_target_", "")):
+        return
+    import torch
+
+    from lmlab.compute.threads import available_cores, parallel_jobs, threads_per_job
+
+    cores = available_cores()
+    jobs = parallel_jobs(HydraConfig.get().launcher.get("n_jobs"), cores)
+    torch.set_num_threads(threads := threads_per_job(cores, jobs))
+    log.info("joblib launcher: %d jobs at once on %d cores, %d torch threads each", jobs, cores, threads)
 
 
 def sweep_ranks(cfg: DictConfig) -> int:

@@ -2,5 +2,6 @@
 
 `hardware` checks a profile against the machine, `batching` splits a global batch into processes x accumulation x
 micro-batches, `launch` starts the ranks of a sweep's multi-process job, `parallel` shards with FSDP2, `perf` measures
-peak FLOP/s and memory, `preflight` refuses a run that cannot fit before its first step.
+peak FLOP/s and memory, `preflight` refuses a run that cannot fit before its first step, `threads` splits the cores
+between the parallel jobs of a sweep.
 """
