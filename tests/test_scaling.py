@@ -127,7 +127,26 @@ def test_too_few_runs_or_fields_is_one_line(runs: int, keep, message: str, tmp_p
     assert not (sweep / "scaling.json").exists()
 
 
-def test_unknown_fit_or_parameters_name_the_choices(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["fit=chinchilla"], "error: fit='chinchilla' is unknown; choose fit=scaling (or leave fit out)"),
+        (
+            ["fit=scaling", "compute=lots"],
+            "error: compute='lots' is not a positive number of FLOPs; give e.g. compute=1e15",
+        ),
+    ],
+)
+def test_bad_fit_options_are_one_line(options: list[str], message: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    sweep = write_runs(tmp_path / "sweep", synthetic()[:6])
+    monkeypatch.setattr(sys, "argv", ["lmlab"])
+    with pytest.raises(SystemExit):
+        main(["report", str(sweep), *options, "plots=false"])
+    assert capsys.readouterr().err.strip() == message
+    assert not (sweep / "report.md").exists()  # refused before anything is written
+
+
+def test_unknown_parameters_name_the_choices() -> None:
     from lmlab.analysis.scaling import scaling_points
 
     with pytest.raises(LmlabError, match="choose total or non_embedding"):

@@ -65,6 +65,7 @@ def report(cfg: DictConfig) -> None:
 
     if OmegaConf.is_missing(cfg, "dir"):
         raise LmlabError("give the folder to report on: lmlab report multirun/<date>/<time> (or outputs/...)")
+    check_fit_options(cfg)
     metrics = [cfg.metrics] if isinstance(cfg.metrics, str) else list(cfg.metrics or [])  # metrics=val/ppl: one
     report = build_report(cfg.dir, cfg.metric, cfg.maximize, cfg.rank_by, metrics)
     out = Path(cfg.out).expanduser() if cfg.out else report.root
@@ -73,13 +74,20 @@ def report(cfg: DictConfig) -> None:
         fit_scaling(report, out, cfg)
 
 
+def check_fit_options(cfg: DictConfig) -> None:
+    """`fit=` and `compute=` refused before any file is written."""
+    if cfg.get("fit") not in (None, "scaling"):
+        raise LmlabError(f"fit={cfg.fit!r} is unknown; choose fit=scaling (or leave fit out)")
+    compute = cfg.get("compute")
+    if compute is not None and (isinstance(compute, bool) or not isinstance(compute, int | float) or compute <= 0):
+        raise LmlabError(f"compute={compute!r} is not a positive number of FLOPs; give e.g. compute=1e15")
+
+
 def fit_scaling(report: Report, out: Path, cfg: DictConfig) -> None:
     """`fit=scaling`: the Chinchilla fit of the runs' final metric against parameters and tokens, printed and
     written as scaling.json and scaling.png."""
     from lmlab.analysis.scaling import describe, scaling_points, scaling_result, write_scaling
 
-    if cfg.fit != "scaling":
-        raise LmlabError(f"fit={cfg.fit!r} is unknown; choose fit=scaling (or leave fit out)")
     if report.maximize:
         raise LmlabError(f"fit=scaling fits a loss; {report.metric} is maximized: give metric=val/loss")
     points = scaling_points(report.runs, report.metric, cfg.scaling.parameters)
