@@ -188,3 +188,13 @@ def test_a_mistyped_model_argument_is_refused(checkpoint: Path) -> None:
     with pytest.raises(LmlabError, match="unknown model argument 'batchsize'"):
         LmlabLM(ckpt=str(checkpoint), device="cpu", batchsize=4)
     assert LmlabLM(ckpt=str(checkpoint), device="cpu", batch_size="auto", max_batch_size=64).batch_size == 16
+
+
+def test_registering_lmlab_keeps_lm_evals_own_models() -> None:
+    """lm-eval loads its own models only into an empty registry: lmlab's registration must not hide them."""
+    from lm_eval.api.registry import get_model
+
+    from lmlab.benchmark.model import LmlabLM
+
+    assert get_model("lmlab") is LmlabLM
+    assert get_model("local-chat-completions").__name__ == "LocalChatCompletion"
