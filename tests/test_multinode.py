@@ -1,7 +1,7 @@
 """Multi-node on one machine (slow): `hardware=multinode` run by torchrun as two nodes on 127.0.0.1 (gloo, one process
 per node), the path a SLURM or torchrun user takes, without a cluster. Against one process with accumulation 2: the
 same losses and weights to 1e-5, node 0 writes the run and node 1 only its log, and a resume of the two-node run
-continues it as if never stopped."""
+continues it as if never stopped. Fast: which process a launcher's environment makes this one."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmlab.cli.main import worker_overrides
+from lmlab.compute.ranks import RANK_VARIABLES, is_first_process, process_name
 from tests.helpers.compose import TINY_MODEL, TINY_OVERRIDES
 
 STEPS, FIRST_STOP = 8, 4
@@ -35,6 +37,33 @@ CURVE = [o for o in TINY_OVERRIDES + TINY_MODEL["gpt"] if not o.startswith("trai
     "trainer.deterministic=true",
 ]
 TWO_NODES = ["hardware=multinode", "trainer.accelerator=cpu", "trainer.precision=32-true"]
+
+
+@pytest.mark.parametrize(
+    ("env", "first", "name"),
+    [
+        ({}, True, "rank0"),  # a plain `lmlab train`
+        ({"RANK": "0", "LOCAL_RANK": "0", "NODE_RANK": "0"}, True, "rank0"),  # torchrun, node 0
+        ({"RANK": "1", "LOCAL_RANK": "0", "NODE_RANK": "1"}, False, "rank1"),  # torchrun, node 1
+        ({"SLURM_PROCID": "9"}, False, "rank9"),  # srun
+        ({"SLURM_PROCID": "0", "LOCAL_RANK": "1"}, False, "node0_local1"),  # Lightning's re-run inside an sbatch script
+        ({"NODE_RANK": "1"}, False, "node1_local0"),  # Lightning's by-hand multi-node launch: rank_zero_only says 0
+    ],
+)
+def test_the_launchers_environment_names_the_process(monkeypatch, env: dict[str, str], first: bool, name: str):
+    for variable in RANK_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    assert (is_first_process(), process_name()) == (first, name)
+    overrides = worker_overrides("train", ["trainer.max_steps=4"])
+    assert overrides == ([] if first else ["hydra.output_subdir=null", f"hydra.job.name=train_{name}"])
+
+
+def test_a_process_lightning_started_keeps_the_hydra_settings_lightning_gave_it(monkeypatch) -> None:
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    lightning = ["hydra.run.dir=x", "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null"]
+    assert worker_overrides("train", lightning) == []
 
 
 def free_port() -> int:
