@@ -230,3 +230,20 @@ def test_control_results_quick_scores_every_method_and_logs_the_table(tmp_path: 
     assert re.search(r"^\| dpo \| 12 \|", done.stdout, flags=re.M)
     assert (out / "dpo" / "checkpoints" / "last.ckpt").is_file() and (out / "steering_vector.safetensors").is_file()
     assert any((out / "tensorboard").iterdir())
+
+
+@pytest.mark.slow
+def test_bench_sweep_runs_the_grid_serially_and_in_parallel_to_the_same_losses(tmp_path: Path) -> None:
+    env = {**os.environ, "LMLAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
+    out = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_sweep.py"), "--steps", "5", "--out", str(out)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    losses = {}
+    for launcher in ("basic0", "joblib0"):
+        summaries = sorted((out / launcher).glob("*/summary.json"))
+        assert len(summaries) == 4, launcher
+        losses[launcher] = [json.loads(p.read_text())["metrics"]["val/loss"] for p in summaries]
+    assert losses["basic0"] == pytest.approx(losses["joblib0"], abs=1e-3)  # fewer threads, same arithmetic
+    assert re.search(r"^4-job sweep, 5 steps each, .*: serial [\d.]+ s, joblib [\d.]+ s, speed-up [\d.]+x$",
+                     done.stdout, flags=re.M)  # fmt: skip
