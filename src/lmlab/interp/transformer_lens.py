@@ -81,6 +81,7 @@ def hooked_transformer_config(
     config: GPTConfig, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> HookedTransformerConfig:
     """The `HookedTransformerConfig` of a GPT of shape `config` (see the module docstring for the mapping)."""
+    _refuse_options(config)
     tl = _import_transformer_lens()
     rope = config.pos_embedding == "rope"
     rms = config.norm == "rmsnorm"
@@ -197,6 +198,21 @@ def _refuse(family: str) -> LmlabError:
     }
     reason = reasons.get(family, f"only model=gpt converts, not {family}")
     return LmlabError(f"cannot convert model={family} to a TransformerLens HookedTransformer: {reason}")
+
+
+def _refuse_options(config: GPTConfig) -> None:
+    """Refuse GPT options HookedTransformer cannot compute (an untied head converts: `W_U` is read from `lm_head`)."""
+    if config.activation != "gelu":
+        raise LmlabError(
+            f"cannot convert a GPT with model.activation={config.activation} to a TransformerLens HookedTransformer "
+            "(it has no relu² activation); inspect it with lmlab.interp.run_with_cache, which hooks it under the same "
+            "names"
+        )
+    if getattr(config, "qk_norm", False):
+        raise LmlabError(
+            "cannot convert a GPT with model.qk_norm=true to a TransformerLens HookedTransformer (it has no per-head "
+            "query/key norm); inspect it with lmlab.interp.run_with_cache, which hooks it under the same names"
+        )
 
 
 def _norm(prefix: str, norm: nn.Module) -> dict[str, torch.Tensor]:
