@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import signal
 from pathlib import Path
 
 import pytest
@@ -212,22 +213,37 @@ def test_wsd_refuses_bad_settings(arguments: dict, error: str) -> None:
 
 # --- all levers together, through the Hydra config ---------------------------------------------------------------
 
+LEVER_OVERRIDES = ["model.activation=relu2", "model.qk_norm=true", "model.tie_embeddings=false",
+                   "model.pos_embedding=rope", "model.norm=rmsnorm", "optimizer=muon", "scheduler=wsd"]  # fmt: skip
 
-@pytest.mark.parametrize(
-    "levers",
-    [
-        ["model.activation=relu2", "model.qk_norm=true", "model.tie_embeddings=false", "model.pos_embedding=rope",
-         "model.norm=rmsnorm", "optimizer=muon", "scheduler=wsd"],
-        ["model.qk_norm=true", "optimizer=muon", "scheduler=wsd", "scheduler.decay_shape=sqrt"],  # tied, learned
-    ],
-    ids=["all", "tied"],
-)  # fmt: skip
-def test_levers_compose_and_train(tmp_path: Path, tiny_corpus: Path, levers: list[str]) -> None:
-    overrides = ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]", "trainer.max_steps=2",
-                 "trainer.val_check_interval=2", "scheduler.warmup_steps=1", "sample.max_new_tokens=2"]  # fmt: skip
-    cfg = compose_train(tmp_path, [*levers, *overrides])
-    metrics = train(cfg)
+
+def lever_run(tiny_corpus: Path, *extra: str) -> list[str]:
+    return [*LEVER_OVERRIDES, "data=text_files", f"data.corpus.paths=[{tiny_corpus}]", "trainer.max_steps=4",
+            "trainer.val_check_interval=4", "scheduler.warmup_steps=1", "sample.max_new_tokens=2", *extra]  # fmt: skip
+
+
+def last_checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def test_levers_compose_train_and_resume_exactly(tmp_path: Path, tiny_corpus: Path) -> None:
+    """Every lever at once through the Hydra config; stopped after 2 of 4 steps and resumed, the run ends with the
+    weights of the uninterrupted one (Muon's and AdamW's state and both lrs come back from the checkpoint)."""
+    from tests.test_resume import stop_at
+
+    straight = compose_train(tmp_path / "straight", lever_run(tiny_corpus))
+    metrics = train(straight)
     assert math.isfinite(metrics["val/loss"])
-    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    (state,) = ckpt["optimizer_states"]
+    expected = last_checkpoint(Path(straight.paths.output_dir))
+    (state,) = expected["optimizer_states"]
     assert [g["initial_lr"] for g in state["param_groups"]] == [1e-3, 1e-3, 0.02]  # AdamW groups, then Muon's
+
+    stopped = compose_train(tmp_path / "stopped", lever_run(tiny_corpus, *stop_at([2], [int(signal.SIGTERM)])))
+    run_dir = Path(stopped.paths.output_dir)
+    with pytest.raises(SystemExit):
+        train(stopped)
+    assert last_checkpoint(run_dir)["global_step"] == 2
+    assert train(compose_train(tmp_path / "resumed", lever_run(tiny_corpus, f"resume={run_dir}"))) == metrics
+    resumed = last_checkpoint(run_dir)
+    for key, weights in expected["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], weights), key
