@@ -40,8 +40,8 @@ class TransformerConfig:
     pos_embedding: str = "learned"
     """`learned` position table (GPT-2) or `rope`, rotary embeddings on queries and keys (Llama)."""
     activation: str = "gelu"
-    """MLP nonlinearity: `gelu` (exact, GPT-2/BERT) or `relu2`, relu(x)² (Primer; modded-nanogpt): as cheap as a
-    ReLU and learns faster per step."""
+    """MLP nonlinearity: `gelu` (exact, GPT-2/BERT) or `relu2`, relu(x)² (Primer, modded-nanogpt): as cheap as a
+    ReLU, and Primer reports faster learning per step."""
     qk_norm: bool = False
     """RMSNorm over each head's queries and keys before rotary (OLMo-2, modded-nanogpt): bounds the attention logits,
     so higher learning rates stay stable; adds two gains of head size per block."""
