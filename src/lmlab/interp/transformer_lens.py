@@ -12,7 +12,8 @@ favour of `TransformerBridge`, which boots from Transformers models; `lmlab expo
 | `pos_embedding=rope`            | `"rotary"`, whole heads, base 10,000, `rotary_adjacent_pairs=False`    |
 | fused `qkv`, `proj`             | per-head `W_Q`/`W_K`/`W_V` (H, C, D), `W_O` (H, D, C)                  |
 | MLP `fc`, `proj`, exact GELU    | `W_in` (C, 4C), `W_out` (4C, C), `act_fn="gelu"`                       |
-| tied `lm_head`                  | `W_U` = the token embedding, transposed; `b_U` zeros                   |
+| `lm_head`, tied or untied       | `W_U` = the head (tied: the token embedding), transposed; `b_U` zeros  |
+| `activation=relu2`, `qk_norm`   | refused: HookedTransformer has no relu² and no per-head q/k norm      |
 
 The weights are loaded unprocessed, so logits and activations equal lmlab's under the same names (lmlab's
 `hook_pos_embed` is (T, C), broadcast over the batch; TransformerLens's is (B, T, C)). TransformerLens's own
