@@ -96,6 +96,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         extra_hp={k: classifier.hparams[k] for k in ("num_classes", "label_names", "pooling")},
         extra_state={k: v for k, v in classifier.state_dict().items() if k.startswith("head.")},
     )
+    save_checkpoint(w / "qk_norm.ckpt", GPTConfig(**TINY, n_head=2, n_embd=16, qk_norm=True))
     save_checkpoint(w / "mismatch.ckpt", GPTConfig(**(TINY | {"vocab_size": VOCAB - 5}), n_head=2, n_embd=16))
     data = gpt.read_bytes()
     (w / "truncated.ckpt").write_bytes(data[: len(data) // 2])
@@ -274,6 +275,21 @@ ROWS = [
         "train-optimizer-lr-not-a-number",  # was torch's "'<=' not supported between ..."
         lambda w: train(w, "optimizer.lr=abc"),
         r"^error: optimizer\.lr='abc' has the wrong type; give a value of type float$",
+    ),
+    Bad(
+        "train-unknown-activation",
+        lambda w: train(w, "model.activation=swiglu"),
+        r"model\.activation='swiglu' is unknown; choose one of: gelu, relu2",
+    ),
+    Bad(
+        "train-muon-rejects",  # checked on both inner optimizers before the data is read
+        lambda w: train(w, "optimizer=muon", "optimizer.adjust_lr_fn=fast"),
+        r"optimizer settings rejected by MuonAdamW: .*fast",
+    ),
+    Bad(
+        "train-wsd-unknown-shape",
+        lambda w: train(w, "scheduler=wsd", "scheduler.decay_shape=cosine"),
+        r"scheduler\.decay_shape='cosine' is unknown; choose one of: linear, sqrt",
     ),
     Bad("train-init-from-corrupt", lambda w: train(w, f"+task.init_from={w}/garbage.ckpt"), CORRUPT),
     Bad(
@@ -459,6 +475,11 @@ ROWS = [
         "export-classifier-ckpt",
         lambda w: ["export", f"ckpt={w}/classifier.ckpt", f"out={w}/hf_cls"],
         r"ClassificationTask",
+    ),
+    Bad(
+        "export-qk-norm-ckpt",  # no Transformers architecture normalises each head's queries and keys
+        lambda w: ["export", f"ckpt={w}/qk_norm.ckpt", f"out={w}/hf_qk"],
+        r"model\.qk_norm=true .*export a model trained with model\.qk_norm=false",
     ),
     Bad("export-existing-folder", lambda w: ["export", f"ckpt={w}/gpt.ckpt", f"out={w}/export_done"], r"overwrite"),
     Bad("export-out-under-a-file", lambda w: ["export", f"ckpt={w}/gpt.ckpt", f"out={w}/a_file/hf"], r"a_file"),

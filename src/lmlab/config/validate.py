@@ -350,10 +350,15 @@ def _check_optimizer(node: Mapping[str, Any]) -> None:
     import torch
     from hydra.utils import instantiate
 
+    from lmlab.tasks.optimizers import split_hidden_matrices
+
     try:
         factory = instantiate(dict(node))
-        if callable(factory):
-            factory([torch.nn.Parameter(torch.zeros(1))])
+        vector, matrix = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(2, 2))
+        if getattr(getattr(factory, "func", None), "splits_hidden_matrices", False):  # MuonAdamW: check both parts
+            factory(split_hidden_matrices([{"params": [vector, matrix]}], {id(matrix)}))
+        elif callable(factory):
+            factory([vector])
     except (ValueError, TypeError) as err:
         target = str(node.get("_target_", "?")).rsplit(".", 1)[-1]
         raise LmlabError(f"optimizer settings rejected by {target}: {err}; fix them, e.g. optimizer.lr=1e-3") from err

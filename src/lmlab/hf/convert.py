@@ -7,9 +7,11 @@
 | rotary + LayerNorm               | `GPTNeoXForCausalLM` | sequential residual, q/k/v interleaved per head       |
 | learned positions + RMSNorm      | refused              | no Transformers architecture has both                 |
 
-Missing biases (lmlab's `bias=False`) become zeros where the target always has them. GELU is the exact (erf) one,
-rotary uses the rotate-half convention with base 10,000 on whole heads, and lmlab's RMSNorm (eps=None) uses the
-float32 machine epsilon, which is what the exported `rms_norm_eps` says.
+The MLP activation maps by name (`gelu`, the exact erf one, and `relu2` are both Transformers activations), an
+untied head (`tie_embeddings=false`) is written as its own `lm_head.weight`, and `qk_norm=true` is refused (none of
+the three normalises queries and keys per head). Missing biases (lmlab's `bias=False`) become zeros where the target
+always has them. Rotary uses the rotate-half convention with base 10,000 on whole heads, and lmlab's RMSNorm
+(eps=None) uses the float32 machine epsilon, which is what the exported `rms_norm_eps` says.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ def convert_gpt(model: GPT, special_ids: dict[str, int]) -> Converted:
     """Map an lmlab GPT onto GPT-2, Arcee or GPT-NeoX (see the module docstring); refuse what none can express."""
     config = model.config
     shape = f"GPT ({config.pos_embedding} positions, {config.norm})"
+    if config.qk_norm:
+        raise LmlabError(
+            "a GPT with model.qk_norm=true has no Transformers architecture lmlab exports to (GPT-2, Arcee and "
+            "GPT-NeoX have no per-head query/key norm); export a model trained with model.qk_norm=false"
+        )
     if config.pos_embedding == "learned" and config.norm == "layernorm":
         converted = _to_gpt2(model, special_ids)
     elif config.pos_embedding == "rope" and config.norm == "rmsnorm":
@@ -91,7 +98,7 @@ def _bias(module: nn.Module, size: int) -> torch.Tensor:
 
 def _common(model: GPT) -> dict[str, Any]:
     c: GPTConfig = model.config
-    return {"vocab_size": c.vocab_size, "tie_word_embeddings": True, "dtype": "float32"}
+    return {"vocab_size": c.vocab_size, "tie_word_embeddings": c.tie_embeddings, "dtype": "float32"}
 
 
 def _to_gpt2(model: GPT, special_ids: dict[str, int]) -> Converted:
@@ -116,7 +123,7 @@ def _to_gpt2(model: GPT, special_ids: dict[str, int]) -> Converted:
             sd[p + name + ".bias"] = _bias(module, module.weight.shape[0])
     sd["transformer.ln_f.weight"] = _weight(model.ln_f)
     sd["transformer.ln_f.bias"] = _bias(model.ln_f, C)
-    sd["lm_head.weight"] = _weight(model.wte)
+    sd["lm_head.weight"] = _weight(model.lm_head)  # the token embedding where tied
     config = GPT2Config(
         **_common(model),
         **_token_ids(special_ids),
@@ -125,7 +132,7 @@ def _to_gpt2(model: GPT, special_ids: dict[str, int]) -> Converted:
         n_layer=c.n_layer,
         n_head=c.n_head,
         n_inner=4 * C,
-        activation_function="gelu",  # exact erf GELU, as F.gelu (GPT-2's own "gelu_new" is the tanh one)
+        activation_function=c.activation,  # "gelu" is exact erf GELU, as F.gelu (GPT-2's "gelu_new" is tanh)
         resid_pdrop=c.dropout,
         embd_pdrop=c.dropout,
         attn_pdrop=c.dropout,
@@ -160,7 +167,7 @@ def _to_arcee(model: GPT, special_ids: dict[str, int]) -> Converted:
             sd[p + "mlp.up_proj.bias"] = block.mlp.fc.bias.detach()
             sd[p + "mlp.down_proj.bias"] = block.mlp.proj.bias.detach()
     sd["model.norm.weight"] = _weight(model.ln_f)
-    sd["lm_head.weight"] = _weight(model.wte)
+    sd["lm_head.weight"] = _weight(model.lm_head)  # the token embedding where tied
     config = ArceeConfig(
         **_common(model),
         **_token_ids(special_ids),
@@ -170,7 +177,7 @@ def _to_arcee(model: GPT, special_ids: dict[str, int]) -> Converted:
         num_attention_heads=c.n_head,
         num_key_value_heads=c.n_head,
         head_dim=C // c.n_head,
-        hidden_act="gelu",
+        hidden_act=c.activation,
         max_position_embeddings=c.block_size,
         rms_norm_eps=RMSNORM_EPS,
         rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
@@ -211,7 +218,7 @@ def _to_gpt_neox(model: GPT, special_ids: dict[str, int]) -> Converted:
             sd[p + name + ".bias"] = _bias(module, module.weight.shape[0])
     sd["gpt_neox.final_layer_norm.weight"] = _weight(model.ln_f)
     sd["gpt_neox.final_layer_norm.bias"] = _bias(model.ln_f, C)
-    sd["lm_head.weight"] = _weight(model.wte)
+    sd["lm_head.weight"] = _weight(model.lm_head)  # the token embedding where tied
     config = GPTNeoXConfig(
         **_common(model),
         **_token_ids(special_ids),
@@ -219,7 +226,7 @@ def _to_gpt_neox(model: GPT, special_ids: dict[str, int]) -> Converted:
         intermediate_size=4 * C,
         num_hidden_layers=c.n_layer,
         num_attention_heads=H,
-        hidden_act="gelu",
+        hidden_act=c.activation,
         max_position_embeddings=c.block_size,
         layer_norm_eps=LAYERNORM_EPS,
         rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA, "partial_rotary_factor": 1.0},

@@ -12,7 +12,8 @@ favour of `TransformerBridge`, which boots from Transformers models; `lmlab expo
 | `pos_embedding=rope`            | `"rotary"`, whole heads, base 10,000, `rotary_adjacent_pairs=False`    |
 | fused `qkv`, `proj`             | per-head `W_Q`/`W_K`/`W_V` (H, C, D), `W_O` (H, D, C)                  |
 | MLP `fc`, `proj`, exact GELU    | `W_in` (C, 4C), `W_out` (4C, C), `act_fn="gelu"`                       |
-| tied `lm_head`                  | `W_U` = the token embedding, transposed; `b_U` zeros                   |
+| `lm_head`, tied or untied       | `W_U` = the head (tied: the token embedding), transposed; `b_U` zeros  |
+| `activation=relu2`, `qk_norm`   | refused: HookedTransformer has no relu² and no per-head q/k norm      |
 
 The weights are loaded unprocessed, so logits and activations equal lmlab's under the same names (lmlab's
 `hook_pos_embed` is (T, C), broadcast over the batch; TransformerLens's is (B, T, C)). TransformerLens's own
@@ -81,6 +82,7 @@ def hooked_transformer_config(
     config: GPTConfig, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> HookedTransformerConfig:
     """The `HookedTransformerConfig` of a GPT of shape `config` (see the module docstring for the mapping)."""
+    _refuse_options(config)
     tl = _import_transformer_lens()
     rope = config.pos_embedding == "rope"
     rms = config.norm == "rmsnorm"
@@ -197,6 +199,21 @@ def _refuse(family: str) -> LmlabError:
     }
     reason = reasons.get(family, f"only model=gpt converts, not {family}")
     return LmlabError(f"cannot convert model={family} to a TransformerLens HookedTransformer: {reason}")
+
+
+def _refuse_options(config: GPTConfig) -> None:
+    """Refuse GPT options HookedTransformer cannot compute (an untied head converts: `W_U` is read from `lm_head`)."""
+    if config.activation != "gelu":
+        raise LmlabError(
+            f"cannot convert a GPT with model.activation={config.activation} to a TransformerLens HookedTransformer "
+            "(it has no relu² activation); inspect it with lmlab.interp.run_with_cache, which hooks it under the same "
+            "names"
+        )
+    if getattr(config, "qk_norm", False):
+        raise LmlabError(
+            "cannot convert a GPT with model.qk_norm=true to a TransformerLens HookedTransformer (it has no per-head "
+            "query/key norm); inspect it with lmlab.interp.run_with_cache, which hooks it under the same names"
+        )
 
 
 def _norm(prefix: str, norm: nn.Module) -> dict[str, torch.Tensor]:

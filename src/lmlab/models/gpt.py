@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import LmlabError
-from lmlab.models.flops import transformer_flops_per_token
+from lmlab.models.flops import matmul_parameters, transformer_flops_per_token
 from lmlab.models.layers import KVCache, TransformerBody, TransformerConfig, init_gpt2_weights
 
 
@@ -19,14 +19,21 @@ class GPTConfig(TransformerConfig):
     family = "gpt"
     causal = True
 
+    tie_embeddings: bool = True
+    """Share one matrix between the token embedding and the output head (GPT-2). false: a separate `lm_head` weight,
+    vocab_size × n_embd more parameters (and memory), but input and output embeddings may then learn different roles
+    (modded-nanogpt unties them)."""
+
 
 class GPT(TransformerBody):
-    """Token (+ learned position) embeddings -> causal blocks -> norm -> logits over the vocabulary (tied)."""
+    """Token (+ learned position) embeddings -> causal blocks -> norm -> logits over the vocabulary (tied head by
+    default)."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__(config, causal=True)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # weight tying
         init_gpt2_weights(self, config.n_layer)
 
     def forward(self, idx: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
@@ -82,9 +89,11 @@ class GPT(TransformerBody):
         return ((keys[None, :] <= queries)[None] & (real[:, None, :] | own[None]))[:, None]  # (B, 1, T, S)
 
     def num_parameters(self, non_embedding: bool = False) -> int:
-        """Parameters counted once (tied weights once); `non_embedding` leaves out the position table."""
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding and self.wpe is not None else n
+        """Parameters counted once (tied weights once); `non_embedding` leaves out the lookup-only tables: the
+        position table, and the token table where it is not also the output head (untied)."""
+        if non_embedding:
+            return matmul_parameters(self)
+        return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token at context `seq_len` (default block_size); see `lmlab.models.flops`."""

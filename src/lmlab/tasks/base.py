@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 from torchmetrics import Metric
 
 from lmlab.models import ModelConfig, build_model, model_config_from_dict, model_config_to_dict
+from lmlab.tasks.optimizers import MuonAdamW, hidden_matrices, split_hidden_matrices
 from lmlab.tokenizers import Tokenizer
 
 OptimizerFactory = Callable[..., Optimizer]
@@ -35,13 +36,15 @@ than the default per-tensor loop (timings: docs/benchmarks.md)."""
 
 
 def fused_option(optimizer_factory: OptimizerFactory, device: torch.device, loss_scaling: bool = False) -> dict:
-    """`fused: null` in the optimizer config of Adam or AdamW means: the fused kernel on CUDA and CPU
-    (`FUSED_DEVICES`), torch's default elsewhere, for other optimizers (fused SGD has no FSDP2 sharding rule), or
-    under fp16 loss scaling (Lightning cannot clip the gradients of an optimizer that unscales them itself).
-    Returns the keyword to add to the factory's call."""
+    """`fused: null` in the optimizer config of Adam, AdamW or MuonAdamW (for its AdamW part) means: the fused kernel
+    on CUDA and CPU (`FUSED_DEVICES`), torch's default elsewhere, for other optimizers (fused SGD has no FSDP2
+    sharding rule), or under fp16 loss scaling (Lightning cannot clip the gradients of an optimizer that unscales them
+    itself). Returns the keyword to add to the factory's call."""
     keywords = getattr(optimizer_factory, "keywords", {})
     optimizer_class = getattr(optimizer_factory, "func", None)
-    adam = isinstance(optimizer_class, type) and issubclass(optimizer_class, (torch.optim.Adam, torch.optim.AdamW))
+    adam = isinstance(optimizer_class, type) and issubclass(
+        optimizer_class, (torch.optim.Adam, torch.optim.AdamW, MuonAdamW)
+    )
     if adam and keywords.get("fused", False) is None and device.type in FUSED_DEVICES and not loss_scaling:
         return {"fused": True}
     return {}
@@ -117,6 +120,8 @@ class ModelTask(pl.LightningModule):
             return None  # a counting model (n-gram) trains without gradient steps
         if self.optimizer_factory is None:
             raise RuntimeError(f"{type(self).__name__} was built without an optimizer; pass optimizer=... to train")
+        if getattr(getattr(self.optimizer_factory, "func", None), "splits_hidden_matrices", False):
+            groups = split_hidden_matrices(groups, hidden_matrices(self.model))  # e.g. Muon's matrices (MuonAdamW)
         loss_scaling = self._trainer is not None and getattr(self.trainer.precision_plugin, "scaler", None) is not None
         optimizer = self.optimizer_factory(groups, **fused_option(self.optimizer_factory, self.device, loss_scaling))
         if self.scheduler_factory is None:
