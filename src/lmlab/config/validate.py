@@ -350,13 +350,12 @@ def _check_optimizer(node: Mapping[str, Any]) -> None:
     import torch
     from hydra.utils import instantiate
 
-    from lmlab.tasks.optimizers import split_hidden_matrices
-
     try:
         factory = instantiate(dict(node))
         vector, matrix = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(2, 2))
-        if getattr(getattr(factory, "func", None), "splits_hidden_matrices", False):  # MuonAdamW: check both parts
-            factory(split_hidden_matrices([{"params": [vector, matrix]}], {id(matrix)}))
+        optimizer_class = getattr(factory, "func", None)
+        if getattr(optimizer_class, "splits_hidden_matrices", False):  # MuonAdamW: check both parts
+            factory(optimizer_class.split_groups([{"params": [vector, matrix]}], {id(matrix)}))
         elif callable(factory):
             factory([vector])
     except (ValueError, TypeError) as err:

@@ -68,6 +68,8 @@ class MuonAdamW(Optimizer):
 
     splits_hidden_matrices = True
     """Asks `ModelTask.configure_optimizers` to mark the hidden matrices (`split_hidden_matrices`)."""
+    split_groups = staticmethod(split_hidden_matrices)
+    """How groups are marked, for callers that hold only the class (config checks bind it to dummy parameters)."""
 
     def __init__(
         self,
