@@ -17,6 +17,7 @@ from lmlab.data import (
     split_text,
 )
 from lmlab.data.cache import dtype_for
+from lmlab.data.windows import spread_sample
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import CharTokenizerConfig
 
@@ -75,6 +76,14 @@ def test_windows_shift_targets_by_one() -> None:
         assert x.shape == y.shape == (8,)
         assert (y[:-1] == x[1:]).all() and y[-1] == x[-1] + 1
     assert TokenWindows(ids, 8, max_windows=3).__len__() == 3
+
+
+def test_validation_sample_is_fixed_distinct_and_spread_over_the_split() -> None:
+    sample = spread_sample(1000, 10, seed=0)
+    assert sample == spread_sample(1000, 10, seed=0) and sample != spread_sample(1000, 10, seed=1)
+    assert [i // 100 for i in sample] == list(range(10))  # one window in each tenth of the split, ascending
+    assert spread_sample(5, 5) == spread_sample(5, 9) == [0, 1, 2, 3, 4]
+    assert len(set(spread_sample(7433, 1024))) == 1024
 
 
 @pytest.mark.parametrize("n", [100, 97, 9, 10])

@@ -39,6 +39,9 @@ def _is_option(arg: str) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `lmlab` script and `python -m lmlab`."""
+    from lmlab.runs.timing import mark_process_start
+
+    mark_process_start()  # a run's start-up time counts from here (summary.json's `timing`)
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in COMMANDS:
         command = args.pop(0)
