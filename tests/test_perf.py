@@ -58,6 +58,23 @@ def test_peak_flops_configured_calibrated_or_unknown() -> None:
     assert cpu_matmul_flops(sizes=(64, 128), seconds=0.02) > 1e6
 
 
+def test_cpu_calibration_is_kept_for_the_next_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmlab.compute import perf
+
+    cache, cpu = tmp_path / "perf" / "cpu_peak_flops.json", torch.device("cpu")
+    monkeypatch.setattr(perf, "cpu_matmul_flops", lambda threads: 7e10)
+    assert device_peak_flops(cpu, "32-true", cache=cache) == 7e10 and cache.is_file()
+
+    def calibrate(threads: int) -> float:
+        raise AssertionError("a calibration kept in the cache is not measured again")
+
+    monkeypatch.setattr(perf, "cpu_matmul_flops", calibrate)
+    assert device_peak_flops(cpu, "32-true", cache=cache) == 7e10
+    cache.write_text("not json")  # a damaged cache: measured again, not an error
+    monkeypatch.setattr(perf, "cpu_matmul_flops", lambda threads: 8e10)
+    assert device_peak_flops(cpu, "32-true", cache=cache) == 8e10
+
+
 @pytest.mark.parametrize(
     ("name", "dtype", "dense"),
     [
