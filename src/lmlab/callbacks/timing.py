@@ -7,21 +7,22 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from lmlab.runs.timing import WallTimeSplit, split_wall_time, take_process_start
+Marks = tuple[float, float, float, float, list[tuple[float, float]]]
+"""(start, first training step, end of fit, now, validation intervals): what `lmlab.runs.timing.split_wall_time`
+partitions."""
 
 
 class WallClock(pl.Callback):
-    """Records the moments `lmlab.runs.timing.split_wall_time` partitions a run at; `split()` then gives the seconds
-    of start-up, training, validation and end. Wall clock (`time.time`), as the user waits; on a GPU the marks fall
-    where the host reaches them (validation ends with `.item()`-style reads, so little work is left in flight).
+    """Records the moments a run's wall time is split at (`lmlab.runs.timing.split_wall_time(*clock.marks())`: the
+    seconds of start-up, training, validation and end). Wall clock (`time.time`), as the user waits; on a GPU the marks
+    fall where the host reaches them (a validation ends by reading its metrics, so little work is left in flight).
 
     Args:
-        start: when the run began (`time.time()` scale); default: the process start marked by `lmlab`'s entry, or
-            now.
+        start: when the run began (`time.time()` scale), e.g. its process's start; default: now.
     """
 
     def __init__(self, start: float | None = None) -> None:
-        self.start = take_process_start() if start is None else start
+        self.start = time.time() if start is None else start
         self.first_step: float | None = None
         self.fit_end: float | None = None
         self.validations: list[tuple[float, float]] = []
@@ -42,10 +43,10 @@ class WallClock(pl.Callback):
             self.validations.append((self._validation_begin, time.time()))
             self._validation_begin = None
 
-    def split(self, now: float | None = None) -> WallTimeSplit:
-        """The split from the start until `now` (default: now). Without training steps (`max_steps=0`, a resumed
-        run that was finished), training is 0 and start-up ends where fit ended (or now)."""
+    def marks(self, now: float | None = None) -> Marks:
+        """The marks from the start until `now` (default: now). Without training steps (`max_steps=0`), training
+        takes no time and start-up ends where fit ended (or now)."""
         now = time.time() if now is None else now
         fit_end = self.fit_end if self.fit_end is not None else now
         first_step = self.first_step if self.first_step is not None else fit_end
-        return split_wall_time(self.start, first_step, fit_end, now, self.validations)
+        return self.start, first_step, fit_end, now, list(self.validations)

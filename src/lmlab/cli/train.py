@@ -125,10 +125,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from lmlab.runs.provenance import write_provenance
     from lmlab.runs.quiet import quiet_third_party
     from lmlab.runs.summary import performance, print_run_summary, write_summary
+    from lmlab.runs.timing import split_wall_time, take_process_start
     from lmlab.tasks import CausalLMTask
     from lmlab.tokenizers import save_tokenizer
 
-    clock = WallClock()  # from the process start (`lmlab train`), or now: start-up, training, validation, end
+    clock = WallClock(take_process_start())  # from the process start (`lmlab train`), else now
     quiet_third_party()  # other libraries' start-up tips and deprecations, by their exact messages
     use_starting_point(cfg)
     cfg, resume_from = resume_run(cfg, command_line_overrides())  # `resume=...`: the earlier run's folder and config
@@ -180,7 +181,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         model = whole_model(task.model, task.model_config)  # FSDP: gathered from the shards
         sample = sample_continuation(model, tokenizer, task.model_config.block_size, seed=cfg.seed, **cfg.sample)
     if trainer.is_global_zero:  # one summary per run, not one per process
-        timing = clock.split()
+        timing = split_wall_time(*clock.marks())  # start-up, training, validation, end
         print_run_summary(run_dir, metrics, trainer.checkpoint_callback, sample, perf, timing)
         write_summary(run_dir, task, datamodule, metrics, fit_seconds, perf, timing)
     return metrics

@@ -73,7 +73,8 @@ def split_wall_time(
     start: float, first_step: float, fit_end: float, now: float, validations: list[tuple[float, float]]
 ) -> WallTimeSplit:
     """Partition `[start, now]` at the first training step and the end of fit, each part less the validation
-    intervals (`(begin, end)` pairs) that fall inside it. A run without training steps has `first_step == fit_end`."""
+    intervals (`(begin, end)` pairs) that fall inside it. A run without training steps has `first_step == fit_end`.
+    The marks come from `lmlab.callbacks.WallClock`."""
 
     def inside(low: float, high: float) -> float:
         return sum(max(0.0, min(end, high) - max(begin, low)) for begin, end in validations)
