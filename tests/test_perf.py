@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lmlab.callbacks.throughput import Throughput, batch_shape
 from lmlab.cli.train import train
+from lmlab.compute import perf
 from lmlab.compute.perf import cpu_matmul_flops, device_peak_flops
 from lmlab.compute.preflight import estimate_memory, levers, shard_divisors
 from lmlab.errors import LmlabError
@@ -54,24 +55,43 @@ def test_lstm_flops_leave_out_the_lookup_table() -> None:
 def test_peak_flops_configured_calibrated_or_unknown() -> None:
     cpu = torch.device("cpu")
     assert device_peak_flops(cpu, "32-true", configured=5e9) == 5e9
-    assert device_peak_flops(cpu, "bf16-mixed") is None  # no CPU peak for bf16: MFU is not reported
+    assert device_peak_flops(torch.device("meta"), "32-true") is None  # neither listed nor calibrated
     assert cpu_matmul_flops(sizes=(64, 128), seconds=0.02) > 1e6
+    assert cpu_matmul_flops(sizes=(64, 128), seconds=0.02, dtype=torch.bfloat16) > 1e5
+
+
+@pytest.mark.parametrize(
+    ("precision", "calibrated"),
+    [("32-true", torch.float32), ("bf16-mixed", torch.bfloat16), ("bf16-true", torch.bfloat16),
+     ("16-mixed", torch.bfloat16)],
+)  # fmt: skip
+def test_cpu_peak_is_calibrated_in_the_dtype_matmuls_run_in(monkeypatch, precision: str, calibrated) -> None:
+    """MFU under bf16 on a CPU is measured against a bf16 matmul peak (AMX: ~6x fp32; no bf16 hardware: ~1 %)."""
+    asked: list[torch.dtype] = []
+
+    def fake_calibration(threads: int | None = None, dtype: torch.dtype = torch.float32) -> float:
+        asked.append(dtype)
+        return 7e9
+
+    monkeypatch.setattr(perf, "cpu_matmul_flops", fake_calibration)
+    assert device_peak_flops(torch.device("cpu"), precision) == 7e9
+    assert asked == [calibrated]
 
 
 def test_cpu_calibration_is_kept_for_the_next_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lmlab.compute import perf
 
     cache, cpu = tmp_path / "perf" / "cpu_peak_flops.json", torch.device("cpu")
-    monkeypatch.setattr(perf, "cpu_matmul_flops", lambda threads: 7e10)
+    monkeypatch.setattr(perf, "cpu_matmul_flops", lambda threads, dtype: 7e10)
     assert device_peak_flops(cpu, "32-true", cache=cache) == 7e10 and cache.is_file()
 
-    def calibrate(threads: int) -> float:
+    def calibrate(threads: int, dtype: torch.dtype) -> float:
         raise AssertionError("a calibration kept in the cache is not measured again")
 
     monkeypatch.setattr(perf, "cpu_matmul_flops", calibrate)
     assert device_peak_flops(cpu, "32-true", cache=cache) == 7e10
     cache.write_text("not json")  # a damaged cache: measured again, not an error
-    monkeypatch.setattr(perf, "cpu_matmul_flops", lambda threads: 8e10)
+    monkeypatch.setattr(perf, "cpu_matmul_flops", lambda threads, dtype: 8e10)
     assert device_peak_flops(cpu, "32-true", cache=cache) == 8e10
 
 

@@ -67,8 +67,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     os.environ[COMMAND_ENV] = command
-    sys.argv = [sys.argv[0], *args]
+    sys.argv = [sys.argv[0], *args, *worker_overrides(command, args)]
     importlib.import_module(COMMANDS[command][0]).main()
+
+
+def worker_overrides(command: str, args: list[str]) -> list[str]:
+    """Hydra settings for a process that is not the run's first (under torchrun, srun, or on node 1.. of Lightning's
+    NODE_RANK launch), the ones Lightning gives the processes it starts itself: no `.hydra/` record (the first process
+    writes the run's) and a log file of its own, so processes that share one run folder never write the same file."""
+    from lmlab.compute.ranks import is_first_process, process_name
+
+    if is_first_process():
+        return []
+    given = {arg.split("=", 1)[0] for arg in args}
+    wanted = {"hydra.output_subdir": "null", "hydra.job.name": f"{command}_{process_name()}"}
+    return [f"{key}={value}" for key, value in wanted.items() if key not in given]
 
 
 if __name__ == "__main__":

@@ -148,10 +148,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     extra_callbacks = [CheckpointMetadata(tokenizer.to_dict(), resolved), *safety_callbacks(interrupt), clock]
     trainer = build_trainer(cfg, extra_callbacks)
     preflight(task, trainer, datamodule, **cfg.get("preflight", {}))  # parameters, tokens/step, memory; or refuse
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    write_provenance(run_dir, command_line_overrides())  # overrides, git commit (+ diff), package versions
-    save_tokenizer(tokenizer, run_dir / "tokenizer.json")
+    if trainer.is_global_zero:  # the run's files, once: other processes (other nodes) may have folders of their own
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+        write_provenance(run_dir, command_line_overrides())  # overrides, git commit (+ diff), package versions
+        save_tokenizer(tokenizer, run_dir / "tokenizer.json")
     for logger in trainer.loggers:
         logger.log_hyperparams(resolved)
 

@@ -49,23 +49,33 @@ def gpu_peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
 
 @functools.cache
 def cpu_matmul_flops(
-    sizes: tuple[int, ...] = (512, 1024, 2048), seconds: float = 0.6, threads: int | None = None
+    sizes: tuple[int, ...] = (512, 1024, 2048),
+    seconds: float = 0.6,
+    threads: int | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> float:
-    """Measured fp32 matmul FLOP/s of this CPU with the current torch threads: the fastest single square product of
-    each of `sizes`, tried over about `seconds` in all (cached per process and thread count).
+    """Measured matmul FLOP/s of this CPU in `dtype` with the current torch threads: the fastest single square
+    product of each of `sizes`, tried over about `seconds` in all (cached per process, thread count and dtype).
 
     The best of many short products, not one long or average one: other processes only slow a product down, and a
     512² product (about a millisecond) finds a quiet moment on a busy machine where a 2048² one (a third of a second
-    on two cores) cannot; the large sizes serve CPUs with many cores, which small products do not fill. A
-    calibration is still only a measurement, so `Throughput` raises the peak to any rate a run achieves.
+    on two cores) cannot; the large sizes serve CPUs with many cores, which small products do not fill. Larger sizes
+    are skipped once one product overruns its share of `seconds` (bf16 on a CPU without bf16 instructions runs at
+    ~1 % of fp32: one 2048² product would take seconds). A calibration is still only a measurement, so `Throughput`
+    raises the peak to any rate a run achieves.
     """
     del threads  # part of the cache key only
     generator = torch.Generator().manual_seed(0)  # its own: training's random state must not move (exact resume)
+    share = seconds / len(sizes)
     best = 0.0
     for size in sizes:
-        a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
+        a = torch.randn(size, size, generator=generator).to(dtype)
+        b = torch.randn(size, size, generator=generator).to(dtype)
+        start = time.perf_counter()
         torch.mm(a, b)  # warm up
-        deadline = time.perf_counter() + seconds / len(sizes)
+        if time.perf_counter() - start > share and best > 0:
+            break  # larger products would only overrun the budget
+        deadline = time.perf_counter() + share
         while True:
             start = time.perf_counter()
             torch.mm(a, b)
@@ -73,33 +83,41 @@ def cpu_matmul_flops(
             best = max(best, 2.0 * size**3 / elapsed)
             if time.perf_counter() > deadline:
                 break
+        if elapsed > share:
+            break
     return best
+
+
+CPU_DTYPES = {torch.float32: torch.float32, torch.bfloat16: torch.bfloat16, torch.float16: torch.bfloat16}
+"""The dtype a CPU's matmuls run in under each compute dtype: CPU autocast has no fp16, so `16-mixed` runs bf16."""
 
 
 def device_peak_flops(
     device: torch.device, precision: str | int, configured: float | None = None, cache: str | Path | None = None
 ) -> float | None:
-    """Peak FLOP/s of one device: `configured` when given, Lightning's table for a GPU, a matmul calibration for a
-    CPU running fp32 (None where neither applies, e.g. bf16 on a CPU: MFU is then not reported).
+    """Peak FLOP/s of one device: `configured` when given, Lightning's table for a GPU, a matmul calibration in the
+    run's compute dtype for a CPU (fp32, or bf16 under `bf16-mixed`/`16-mixed`: AMX CPUs run bf16 ~6x faster than
+    fp32, CPUs without bf16 instructions ~100x slower, so neither peak stands in for the other); None otherwise.
 
-    `cache`: a JSON file keeping CPU calibrations by CPU model, thread count and torch version, so only the first run
-    on a machine spends the calibration's second of start-up (delete the file to measure again)."""
+    `cache`: a JSON file keeping CPU calibrations by CPU model, dtype, thread count and torch version, so only the
+    first run on a machine spends the calibration's second of start-up (delete the file to measure again)."""
     if configured:
         return float(configured)
     dtype = compute_dtype(precision)
     if device.type == "cuda":
         return gpu_peak_flops(device, dtype)
-    if device.type == "cpu" and dtype is torch.float32:
-        threads = torch.get_num_threads()
+    if device.type == "cpu" and dtype in CPU_DTYPES:
+        matmul_dtype, threads = CPU_DTYPES[dtype], torch.get_num_threads()
+        name = str(matmul_dtype).removeprefix("torch.")
         cache = Path(cache).expanduser() if cache is not None else None  # the default `~/.cache/lmlab/...`
         known = read_calibrations(cache)
-        key = f"{cpu_model()}|{threads} threads|torch {torch.__version__}"
-        peak = known.get(key) or cpu_matmul_flops(threads=threads)
+        key = f"{cpu_model()}|{name}|{threads} threads|torch {torch.__version__}"
+        peak = known.get(key) or cpu_matmul_flops(threads=threads, dtype=matmul_dtype)
         if cache is not None and key not in known:
             with contextlib.suppress(OSError):  # a read-only cache only costs the next run a calibration
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(cache, json.dumps(known | {key: peak}, indent=1))
-        log.info("CPU fp32 matmul peak: %.1f GFLOP/s (%d threads%s)", peak / 1e9, threads,
+        log.info("CPU %s matmul peak: %.1f GFLOP/s (%d threads%s)", name, peak / 1e9, threads,
                  ", calibrated earlier" if key in known else "")  # fmt: skip
         return peak
     return None

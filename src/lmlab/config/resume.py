@@ -16,10 +16,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning_fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmlab.checkpoints.find import RUN_CONFIG, checkpoint_step, checkpoints_of, latest_checkpoint, locate
+from lmlab.compute.ranks import is_first_process
 from lmlab.errors import LmlabError
 from lmlab.runs.loggers import trim_metrics
 
@@ -54,7 +54,7 @@ def resume_run(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, str |
         run_dir, checkpoint = locate(Path(str(choice)).expanduser())
     resumed = resumed_config(cfg, read_run_config(run_dir), run_dir, overrides)
     complete = finished(resumed) is not None  # e.g. the docs' one restart command, repeated after the end
-    if rank_zero_only.rank == 0:  # a DDP worker re-executes this command; the folder is tidied once
+    if is_first_process():  # every rank runs this command (before its Trainer exists); the folder is tidied once
         note_resume(run_dir, fresh_dir, checkpoint, complete)
         for metrics in () if complete else run_dir.glob("*/metrics.csv"):  # rows after the checkpoint come again
             trim_metrics(metrics, checkpoint_step(checkpoint))

@@ -98,8 +98,10 @@ def choose_wandb_mode(mode: str | None = None) -> str:
 
 
 def _is_rank_zero() -> bool:
-    """Whether this process is rank 0 (or the only one), from the launcher's environment."""
-    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+    """Whether this process is rank 0 (or the only one), from the launcher's environment (NODE_RANK included)."""
+    from lmlab.compute.ranks import is_first_process
+
+    return is_first_process()
 
 
 RUN_ID_FILE = "wandb_run_id"
