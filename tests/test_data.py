@@ -137,6 +137,26 @@ def test_datamodule_batches(tiny_corpus: Path, tmp_path: Path) -> None:
     assert dm.tokenizer.vocab_size > 10
 
 
+def test_datamodule_samples_validation_only_while_fitting(tiny_corpus: Path, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from pytorch_lightning.trainer.states import TrainerFn
+
+    corpus = TextFilesCorpus([str(tiny_corpus)])
+    dm = LMDataModule(corpus, CharTokenizerConfig(), block_size=16, batch_size=4, cache_dir=tmp_path,
+                      val_sample_tokens=40)  # fmt: skip
+    whole = len(dm.val_windows())
+    assert len(dm.val_dataloader().dataset) == whole and not dm.validation_is_sampled()  # no trainer: whole split
+    dm.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING), world_size=1, global_rank=0,
+                                 accumulate_grad_batches=1)  # fmt: skip
+    sample = dm.val_dataloader().dataset
+    assert dm.validation_is_sampled() and sample.indices == spread_sample(whole, 3)  # 40 tokens: 3 windows of 16
+    dm.trainer.state.fn = TrainerFn.VALIDATING  # `trainer.validate`, the final score: the whole split
+    assert len(dm.val_dataloader().dataset) == whole and not dm.validation_is_sampled()
+    with pytest.raises(LmlabError, match="val_sample_tokens"):
+        LMDataModule(corpus, CharTokenizerConfig(), 16, 4, cache_dir=tmp_path, val_sample_tokens=0)
+
+
 def test_text_files_glob_reads_sorted(tmp_path: Path) -> None:
     (tmp_path / "b.txt").write_text("second\n")
     (tmp_path / "a.txt").write_text("first\n")
