@@ -1,7 +1,8 @@
 """Time to result: the default `lmlab train` end to end against a minimal loop of nanoGPT's shape (issue 19).
 
-    python scripts/nanogpt_compare.py                # 3 rounds of the default recipe (~6 min on 2 idle cores)
+    python scripts/nanogpt_compare.py                # 3 rounds of each on the default recipe
     python scripts/nanogpt_compare.py --rounds 5
+    python scripts/nanogpt_compare.py --eval-iters 20 # the loop estimates as nanoGPT's README CPU command does
     python scripts/nanogpt_compare.py --quick        # smoke test: a few steps, a capped validation split
     python scripts/nanogpt_compare.py model.n_layer=6 # lmlab overrides: both sides follow the changed recipe
 
@@ -42,7 +43,7 @@ SCRIPTS = Path(__file__).resolve().parent
 QUICK = ["trainer.max_steps=20", "trainer.val_check_interval=10", "data.max_val_tokens=8192",
          "data.val_sample_tokens=2048", "sample.max_new_tokens=20"]  # fmt: skip
 QUICK_EVAL_ITERS = 4
-EVAL_ITERS = 200  # nanoGPT's shakespeare_char setting
+EVAL_ITERS = 200  # nanoGPT's config/train_shakespeare_char.py (its README's CPU command passes --eval_iters=20)
 
 
 def compose(overrides: list[str]) -> tuple[dict[str, Any], DictConfig]:
@@ -131,6 +132,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="runs of each, alternating which goes first")
     parser.add_argument("--quick", action="store_true", help="smoke test: 20 steps, capped validation")
+    parser.add_argument(
+        "--eval-iters",
+        type=int,
+        default=EVAL_ITERS,
+        help="the loop's estimate_loss batches per split (nanoGPT's README CPU command uses 20)",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep the exported data and runs in this folder")
     parser.add_argument("overrides", nargs="*", help="lmlab train overrides, applied to both sides' recipe")
     args = parser.parse_args()
@@ -138,7 +145,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         (data := work / "data").mkdir(parents=True, exist_ok=True)
-        recipe = export(data, overrides, QUICK_EVAL_ITERS if args.quick else EVAL_ITERS)
+        recipe = export(data, overrides, QUICK_EVAL_ITERS if args.quick else args.eval_iters)
         print(f"recipe: {json.dumps({k: v for k, v in recipe.items() if k != 'model'})}", flush=True)
         ratios, strict = [], []
         for round_ in range(args.rounds):
