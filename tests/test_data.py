@@ -17,6 +17,7 @@ from lmlab.data import (
     split_text,
 )
 from lmlab.data.cache import dtype_for
+from lmlab.data.windows import spread_sample
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import CharTokenizerConfig
 
@@ -77,6 +78,14 @@ def test_windows_shift_targets_by_one() -> None:
     assert TokenWindows(ids, 8, max_windows=3).__len__() == 3
 
 
+def test_validation_sample_is_fixed_distinct_and_spread_over_the_split() -> None:
+    sample = spread_sample(1000, 10, seed=0)
+    assert sample == spread_sample(1000, 10, seed=0) and sample != spread_sample(1000, 10, seed=1)
+    assert [i // 100 for i in sample] == list(range(10))  # one window in each tenth of the split, ascending
+    assert spread_sample(5, 5) == spread_sample(5, 9) == [0, 1, 2, 3, 4]
+    assert len(set(spread_sample(7433, 1024))) == 1024
+
+
 @pytest.mark.parametrize("n", [100, 97, 9, 10])
 def test_windows_covering_the_tail_score_every_token_after_the_first_once(n: int) -> None:
     ids = np.arange(n, dtype=np.int64)
@@ -126,6 +135,26 @@ def test_datamodule_batches(tiny_corpus: Path, tmp_path: Path) -> None:
     assert x.shape == y.shape == (4, 16)
     assert len(dm.val_dataloader().dataset) == 4
     assert dm.tokenizer.vocab_size > 10
+
+
+def test_datamodule_samples_validation_only_while_fitting(tiny_corpus: Path, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from pytorch_lightning.trainer.states import TrainerFn
+
+    corpus = TextFilesCorpus([str(tiny_corpus)])
+    dm = LMDataModule(corpus, CharTokenizerConfig(), block_size=16, batch_size=4, cache_dir=tmp_path,
+                      val_sample_tokens=40)  # fmt: skip
+    whole = len(dm.val_windows())
+    assert len(dm.val_dataloader().dataset) == whole and not dm.validation_is_sampled()  # no trainer: whole split
+    dm.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING), world_size=1, global_rank=0,
+                                 accumulate_grad_batches=1)  # fmt: skip
+    sample = dm.val_dataloader().dataset
+    assert dm.validation_is_sampled() and sample.indices == spread_sample(whole, 3)  # 40 tokens: 3 windows of 16
+    dm.trainer.state.fn = TrainerFn.VALIDATING  # `trainer.validate`, the final score: the whole split
+    assert len(dm.val_dataloader().dataset) == whole and not dm.validation_is_sampled()
+    with pytest.raises(LmlabError, match="val_sample_tokens"):
+        LMDataModule(corpus, CharTokenizerConfig(), 16, 4, cache_dir=tmp_path, val_sample_tokens=0)
 
 
 def test_text_files_glob_reads_sorted(tmp_path: Path) -> None:

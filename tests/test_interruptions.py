@@ -103,7 +103,7 @@ def test_sigterm_during_validation_stops_after_it_and_the_resumed_run_is_exact(t
         train(stopped)
     assert exit_info.value.code == 143
     assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 5
-    assert any(row.get("val/loss") for row in metric_rows(run_dir))  # logged before the stop
+    assert any(row.get("val_sample/loss") for row in metric_rows(run_dir))  # logged before the stop (the sample)
     resumed = train(compose_train(tmp_path / "again", [*overrides, f"resume={run_dir}"]))
     assert resumed == straight
     assert metric_rows(run_dir) == metric_rows(tmp_path / "straight" / "run")  # the step-5 validation, once

@@ -78,6 +78,23 @@ def test_cpu_peak_is_calibrated_in_the_dtype_matmuls_run_in(monkeypatch, precisi
     assert asked == [calibrated]
 
 
+def test_cpu_calibration_is_kept_for_the_next_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmlab.compute import perf
+
+    cache, cpu = tmp_path / "perf" / "cpu_peak_flops.json", torch.device("cpu")
+    monkeypatch.setattr(perf, "cpu_matmul_flops", lambda threads, dtype: 7e10)
+    assert device_peak_flops(cpu, "32-true", cache=cache) == 7e10 and cache.is_file()
+
+    def calibrate(threads: int, dtype: torch.dtype) -> float:
+        raise AssertionError("a calibration kept in the cache is not measured again")
+
+    monkeypatch.setattr(perf, "cpu_matmul_flops", calibrate)
+    assert device_peak_flops(cpu, "32-true", cache=cache) == 7e10
+    cache.write_text("not json")  # a damaged cache: measured again, not an error
+    monkeypatch.setattr(perf, "cpu_matmul_flops", lambda threads, dtype: 8e10)
+    assert device_peak_flops(cpu, "32-true", cache=cache) == 8e10
+
+
 @pytest.mark.parametrize(
     ("name", "dtype", "dense"),
     [

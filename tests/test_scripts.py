@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
@@ -247,3 +248,28 @@ def test_bench_sweep_runs_the_grid_serially_and_in_parallel_to_the_same_losses(t
     assert losses["basic0"] == pytest.approx(losses["joblib0"], abs=1e-3)  # fewer threads, same arithmetic
     assert re.search(r"^4-job sweep, 5 steps each, .*: serial [\d.]+ s, joblib [\d.]+ s, speed-up [\d.]+x$",
                      done.stdout, flags=re.M)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_nanogpt_compare_quick_runs_both_sides_on_the_same_split(tmp_path: Path) -> None:
+    from tests.helpers.compose import TINY_TEXT
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TINY_TEXT, encoding="utf-8")
+    tiny = ["data=text_files", f"data.corpus.paths=[{corpus}]", "model.block_size=16", "model.n_layer=1",
+            "model.n_head=2", "model.n_embd=16", "data.batch_size=4", "data.eval_batch_size=8",
+            "logger=csv"]  # fmt: skip
+    env = {**os.environ, "LMLAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
+    done = subprocess.run([sys.executable, str(SCRIPTS / "nanogpt_compare.py"), "--quick", "--rounds", "2",
+                           "--keep", str(tmp_path / "work"), *tiny], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert re.search(r"^round 1 \(loop then lmlab\):$", out, flags=re.M) and "round 2 (lmlab then loop)" in out
+    losses = rates(r"val/loss ([\d.]+)", out)
+    assert len(losses) == 4 and all(0 < loss < 5 for loss in losses)
+    assert len(rates(r"lmlab / loop ([\d.]+);", out)) == 2 and "median lmlab / loop wall time: " in out
+    recipe = json.loads((tmp_path / "work" / "data" / "recipe.json").read_text())
+    assert recipe["max_steps"] == 20 and recipe["model"]["n_embd"] == 16 and recipe["eval_iters"] == 4
+    ids = np.fromfile(tmp_path / "work" / "data" / "val.bin", dtype=np.uint16)
+    assert 0 < len(ids) < len(TINY_TEXT) // 5  # the validation tenth of the text

@@ -219,9 +219,11 @@ def test_samples_callback_logs_a_growing_table_for_causal_lms(tmp_path: Path) ->
     assert logger.tables[-1][1][0][2] == text  # same seed, same weights: the same sample
     trainer.sanity_checking = True
     callback.on_validation_end(trainer, task)
-    trainer.sanity_checking, trainer.is_global_zero = False, False  # other ranks sample too, but do not log
+    trainer.sanity_checking = False
+    callback.on_validation_end(trainer, task)  # step 4 again (the final whole-split validation): no second sample
+    trainer.global_step, trainer.is_global_zero = 6, False  # other ranks sample too, but do not log
     callback.on_validation_end(trainer, task)
-    assert len(logger.tables) == 2
+    assert len(logger.tables) == 2 and callback.sampled_step == 6
 
 
 # --- provenance ---------------------------------------------------------------------------------------------------

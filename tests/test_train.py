@@ -140,3 +140,33 @@ def test_zero_steps_validate_and_save_the_starting_model(tmp_path, tiny_corpus) 
     with torch.no_grad():
         expected = pretrained(input_ids=ids).logits[..., : loaded.tokenizer.vocab_size]
         assert torch.allclose(loaded.model(ids), expected, atol=1e-6)
+
+
+def test_validations_during_fit_score_the_sample_and_the_final_weights_the_whole_split(tmp_path, tiny_corpus) -> None:
+    """`data.val_sample_tokens`: validations during fit score a fixed sample (`val_sample/...`, also what ranks the
+    best checkpoint), the final weights the whole split (`val/...`), exactly as a run that never samples."""
+    from tests.helpers.compose import compose_train
+
+    base = ["data=text_files", f"data.corpus.paths=[{tiny_corpus}]", "trainer.max_steps=4"]  # 16 windows of 16
+    sampled = compose_train(tmp_path / "sampled", [*base, "data.val_sample_tokens=40"])  # 3 windows
+    whole = compose_train(tmp_path / "whole", [*base, "data.val_sample_tokens=null"])
+    metrics = train(sampled)
+    assert metrics == train(whole)  # the same final numbers: the whole split, the same training
+    run = Path(sampled.paths.output_dir)
+    rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
+    steps = {name: [int(r["step"]) for r in rows if r.get(name)] for name in ("val_sample/loss", "val/loss")}
+    assert steps == {"val_sample/loss": [1, 3], "val/loss": [4]}  # in fit, step k's validation is logged at k - 1
+    final_sample = next(float(r["val_sample/loss"]) for r in rows if r["val_sample/loss"] and r["step"] == "3")
+    assert final_sample != metrics["val/loss"] and "val_sample/loss" not in metrics
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["metrics"]["val/loss"] == metrics["val/loss"]
+    assert [p.name for p in (run / "checkpoints").glob("best-*.ckpt")] == ["best-step000004.ckpt"]
+
+
+def test_summary_splits_the_wall_time(cfg_train, capsys) -> None:
+    train(cfg_train)
+    timing = json.loads((Path(cfg_train.paths.output_dir) / "summary.json").read_text())["timing"]
+    parts = [timing[k] for k in ("startup_s", "training_s", "validation_s", "end_s")]
+    assert all(p >= 0 for p in parts) and min(timing["training_s"], timing["validation_s"]) > 0
+    assert sum(parts) == pytest.approx(timing["total_s"], abs=0.01)
+    assert "wall time: start-up " in capsys.readouterr().out

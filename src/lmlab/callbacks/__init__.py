@@ -8,6 +8,7 @@ from lmlab.callbacks.progress import LMModelSummary, LMProgressBar
 from lmlab.callbacks.reliability import FiniteLoss, GracefulInterrupt, RNGState, safety_callbacks
 from lmlab.callbacks.samples import GeneratedSamples
 from lmlab.callbacks.throughput import Throughput, TokensPerSecond
+from lmlab.callbacks.timing import WallClock
 
 __all__ = [
     "BestAndLastCheckpoint",
@@ -20,5 +21,6 @@ __all__ = [
     "RNGState",
     "Throughput",
     "TokensPerSecond",
+    "WallClock",
     "safety_callbacks",
 ]

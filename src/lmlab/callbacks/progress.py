@@ -12,6 +12,7 @@ from pytorch_lightning.utilities.model_summary import get_formatted_model_size, 
 SHORT_NAMES = {
     "train/loss": "loss",
     "val/loss": "val_loss",
+    "val_sample/loss": "val_sample_loss",  # during fit, of the fixed validation sample (data.val_sample_tokens)
     "perf/avg_tokens_per_sec": "tok/s",
     "perf/avg_mfu": "mfu",
 }

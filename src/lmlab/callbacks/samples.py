@@ -35,6 +35,8 @@ class GeneratedSamples(pl.Callback):
         self.top_k = top_k
         self.seed = seed
         self.rows: list[list[Any]] = []
+        self.sampled_step: int | None = None
+        """Step of the latest sample: the same weights, validated again, are not sampled twice."""
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
 
@@ -46,8 +48,10 @@ class GeneratedSamples(pl.Callback):
             or self.max_new_tokens <= 0
             or tokenizer is None
             or not isinstance(pl_module, CausalLMTask)
+            or self.sampled_step == trainer.global_step  # the final whole-split validation after fit's last one
         ):
             return
+        self.sampled_step = trainer.global_step  # on every rank, so that all of them skip the same validations
         text = self.sample(pl_module, tokenizer)  # on every rank: a sharded model's forward needs them all
         if not trainer.is_global_zero:
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -43,9 +44,13 @@ class Throughput(pl.Callback):
     bar's last values agree with the run summary; the loggers get each window's rates, to chart.
     """
 
-    def __init__(self, every_n_steps: int = 10, peak_flops: float | None = None) -> None:
+    def __init__(
+        self, every_n_steps: int = 10, peak_flops: float | None = None, peak_cache: str | Path | None = None
+    ) -> None:
         self.every_n_steps = every_n_steps
         self.configured_peak = peak_flops
+        self.peak_cache = peak_cache
+        """JSON file of earlier CPU calibrations (`lmlab.compute.perf.device_peak_flops`); None: calibrate each run."""
         self.peak_flops: float | None = None
         """Peak FLOP/s of all devices together, set when training starts."""
         self.flops_per_token: float | None = None
@@ -58,7 +63,7 @@ class Throughput(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         device = trainer.strategy.root_device
-        per_device = device_peak_flops(device, trainer.precision, self.configured_peak)
+        per_device = device_peak_flops(device, trainer.precision, self.configured_peak, self.peak_cache)
         self.peak_flops = per_device * trainer.world_size if per_device else None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

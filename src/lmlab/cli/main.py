@@ -39,6 +39,9 @@ def _is_option(arg: str) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `lmlab` script and `python -m lmlab`."""
+    from lmlab.runs.timing import mark_process_start
+
+    mark_process_start()  # this process runs a command: its first run times start-up from the process start
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in COMMANDS:
         command = args.pop(0)

@@ -116,7 +116,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train as `cfg` says; return the final metrics."""
     import pytorch_lightning as pl
 
-    from lmlab.callbacks import CheckpointMetadata, GracefulInterrupt, safety_callbacks
+    from lmlab.callbacks import CheckpointMetadata, GracefulInterrupt, WallClock, safety_callbacks
     from lmlab.callbacks.reliability import exit_on_interrupt
     from lmlab.cli.run_identity import name_tracking_runs
     from lmlab.compute.preflight import preflight
@@ -125,9 +125,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from lmlab.runs.provenance import write_provenance
     from lmlab.runs.quiet import quiet_third_party
     from lmlab.runs.summary import performance, print_run_summary, write_summary
+    from lmlab.runs.timing import split_wall_time, take_process_start
     from lmlab.tasks import CausalLMTask
     from lmlab.tokenizers import save_tokenizer
 
+    clock = WallClock(take_process_start())  # from the process start (`lmlab train`), else now
     quiet_third_party()  # other libraries' start-up tips and deprecations, by their exact messages
     use_starting_point(cfg)
     cfg, resume_from = resume_run(cfg, command_line_overrides())  # `resume=...`: the earlier run's folder and config
@@ -143,7 +145,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     tokenizer = datamodule.tokenizer
     task = build_task(cfg, tokenizer, datamodule)
     interrupt = GracefulInterrupt()
-    trainer = build_trainer(cfg, [CheckpointMetadata(tokenizer.to_dict(), resolved), *safety_callbacks(interrupt)])
+    extra_callbacks = [CheckpointMetadata(tokenizer.to_dict(), resolved), *safety_callbacks(interrupt), clock]
+    trainer = build_trainer(cfg, extra_callbacks)
     preflight(task, trainer, datamodule, **cfg.get("preflight", {}))  # parameters, tokens/step, memory; or refuse
     if trainer.is_global_zero:  # the run's files, once: other processes (other nodes) may have folders of their own
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -163,11 +166,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     perf = performance(trainer)  # tokens/s and MFU of the training steps, peak memory
     if trainer.fast_dev_run:
         return {}
-    if task.last_val_step != trainer.global_step:
-        trainer.validate(task, datamodule=datamodule, verbose=False)  # the budget ended between evaluations
+    fit_metrics = dict(trainer.callback_metrics)  # the last step's train/*, which a validation after fit clears
+    if task.last_val_step != trainer.global_step:  # the budget ended between evaluations, or they scored a sample
+        trainer.validate(task, datamodule=datamodule, verbose=False)  # the final weights on the whole split
     if cfg.trainer.max_steps == 0:
         save_starting_model(trainer, run_dir)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+    final = fit_metrics | trainer.callback_metrics
+    metrics = {k: float(v) for k, v in final.items() if k.startswith(("val/", "train/"))}  # not val_sample/*
     if cfg.get("test"):  # the final weights on the held-out test split
         metrics |= {k: float(v) for k, v in trainer.test(task, datamodule=datamodule, verbose=False)[0].items()}
     sample = None
@@ -177,8 +182,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         model = whole_model(task.model, task.model_config)  # FSDP: gathered from the shards
         sample = sample_continuation(model, tokenizer, task.model_config.block_size, seed=cfg.seed, **cfg.sample)
     if trainer.is_global_zero:  # one summary per run, not one per process
-        print_run_summary(run_dir, metrics, trainer.checkpoint_callback, sample, perf)
-        write_summary(run_dir, task, datamodule, metrics, fit_seconds, perf)
+        timing = split_wall_time(*clock.marks())  # start-up, training, validation, end
+        print_run_summary(run_dir, metrics, trainer.checkpoint_callback, sample, perf, timing)
+        write_summary(run_dir, task, datamodule, metrics, fit_seconds, perf, timing)
     return metrics
 
 

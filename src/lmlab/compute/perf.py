@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import logging
+import platform
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+from lmlab.io import atomic_write_text
 
 log = logging.getLogger("lmlab")
 
@@ -86,22 +92,53 @@ CPU_DTYPES = {torch.float32: torch.float32, torch.bfloat16: torch.bfloat16, torc
 """The dtype a CPU's matmuls run in under each compute dtype: CPU autocast has no fp16, so `16-mixed` runs bf16."""
 
 
-def device_peak_flops(device: torch.device, precision: str | int, configured: float | None = None) -> float | None:
+def device_peak_flops(
+    device: torch.device, precision: str | int, configured: float | None = None, cache: str | Path | None = None
+) -> float | None:
     """Peak FLOP/s of one device: `configured` when given, Lightning's table for a GPU, a matmul calibration in the
     run's compute dtype for a CPU (fp32, or bf16 under `bf16-mixed`/`16-mixed`: AMX CPUs run bf16 ~6x faster than
-    fp32, CPUs without bf16 instructions ~100x slower, so neither peak stands in for the other); None otherwise."""
+    fp32, CPUs without bf16 instructions ~100x slower, so neither peak stands in for the other); None otherwise.
+
+    `cache`: a JSON file keeping CPU calibrations by CPU model, dtype, thread count and torch version, so only the
+    first run on a machine spends the calibration's second of start-up (delete the file to measure again)."""
     if configured:
         return float(configured)
     dtype = compute_dtype(precision)
     if device.type == "cuda":
         return gpu_peak_flops(device, dtype)
     if device.type == "cpu" and dtype in CPU_DTYPES:
-        matmul_dtype = CPU_DTYPES[dtype]
-        peak = cpu_matmul_flops(threads=torch.get_num_threads(), dtype=matmul_dtype)
+        matmul_dtype, threads = CPU_DTYPES[dtype], torch.get_num_threads()
         name = str(matmul_dtype).removeprefix("torch.")
-        log.info("CPU %s matmul peak: %.1f GFLOP/s (%d threads)", name, peak / 1e9, torch.get_num_threads())
+        cache = Path(cache).expanduser() if cache is not None else None  # the default `~/.cache/lmlab/...`
+        known = read_calibrations(cache)
+        key = f"{cpu_model()}|{name}|{threads} threads|torch {torch.__version__}"
+        peak = known.get(key) or cpu_matmul_flops(threads=threads, dtype=matmul_dtype)
+        if cache is not None and key not in known:
+            with contextlib.suppress(OSError):  # a read-only cache only costs the next run a calibration
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(cache, json.dumps(known | {key: peak}, indent=1))
+        log.info("CPU %s matmul peak: %.1f GFLOP/s (%d threads%s)", name, peak / 1e9, threads,
+                 ", calibrated earlier" if key in known else "")  # fmt: skip
         return peak
     return None
+
+
+def read_calibrations(cache: str | Path | None) -> dict[str, float]:
+    """CPU peaks measured earlier (`device_peak_flops`'s cache), or none."""
+    try:
+        known = json.loads(Path(cache).read_text(encoding="utf-8")) if cache is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return {k: float(v) for k, v in known.items() if isinstance(v, int | float)} if isinstance(known, dict) else {}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else the platform's processor string."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -6,17 +6,21 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import DataLoader
+from pytorch_lightning.trainer.states import TrainerFn
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from lmlab.data.cache import TokenSplits, build_token_cache, load_token_cache
 from lmlab.data.corpora import Corpus
 from lmlab.data.resumable import TrainingDataModule, fixed_generator
 from lmlab.data.sharding import EvalShardSampler, process_place
-from lmlab.data.windows import TokenWindows
+from lmlab.data.windows import TokenWindows, spread_sample
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import Tokenizer, TokenizerConfig
 
 log = logging.getLogger(__name__)
+
+VAL_SAMPLE_SEED = 0
+"""Seed of the validation sample: fixed, not the run's seed, so runs of a sweep over seeds score the same windows."""
 
 
 class LMDataModule(TrainingDataModule):
@@ -33,6 +37,11 @@ class LMDataModule(TrainingDataModule):
         eval_batch_size: windows per validation batch; defaults to `batch_size`.
         val_fraction: share of the text, taken from its end, held out for validation.
         max_val_tokens: cap on validation tokens evaluated (the first ones, so the set is fixed); `None` = all.
+        val_sample_tokens: validations *during fit* score only a fixed sample of about this many tokens (whole
+            validation windows, spread over the split, the same every time), logged as `val_sample/...`; the final
+            weights, `trainer.validate` and `lmlab eval` always score the whole split (`val/...`). `None`: every
+            validation scores the whole split. A 2,000-step run validating every 500 steps otherwise spends more
+            forward passes on validation than on training.
         train_stride: tokens between the starts of consecutive training windows; 1 samples every offset (as
             nanoGPT's random crops do), `None` means `block_size` (non-overlapping windows).
         cache_dir: root folder of the token cache.
@@ -50,11 +59,16 @@ class LMDataModule(TrainingDataModule):
         eval_batch_size: int | None = None,
         val_fraction: float = 0.1,
         max_val_tokens: int | None = None,
+        val_sample_tokens: int | None = None,
         train_stride: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
         super().__init__(tokenizer, block_size, batch_size, eval_batch_size, max_val_tokens, num_workers, seed)
+        if val_sample_tokens is not None and val_sample_tokens < 1:
+            raise LmlabError(f"data.val_sample_tokens={val_sample_tokens} must be positive, or null for the whole "
+                             "validation split at every validation; e.g. data.val_sample_tokens=65536")  # fmt: skip
+        self.val_sample_tokens = val_sample_tokens
         self.corpus = corpus
         self.val_fraction = val_fraction
         self.train_stride = train_stride
@@ -110,10 +124,31 @@ class LMDataModule(TrainingDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def val_dataloader(self) -> DataLoader:
+    def val_windows(self) -> TokenWindows:
+        """The whole validation split as windows (up to `max_val_tokens`): what the final validation scores."""
         self.setup()
         max_windows = None if self.max_val_tokens is None else max(1, self.max_val_tokens // self.block_size)
-        windows = TokenWindows(self.splits.val, self.block_size, max_windows=max_windows)
+        return TokenWindows(self.splits.val, self.block_size, max_windows=max_windows)
+
+    def val_sample(self, windows: TokenWindows) -> list[int] | None:
+        """Indices of the windows a validation during fit scores (`val_sample_tokens` of them, spread over the split
+        by a fixed seed, so every run and every validation scores the same ones), or None when that is all of them."""
+        if self.val_sample_tokens is None:
+            return None
+        wanted = -(-self.val_sample_tokens // self.block_size)  # whole windows covering at least that many tokens
+        return spread_sample(len(windows), wanted, seed=VAL_SAMPLE_SEED) if wanted < len(windows) else None
+
+    def validation_is_sampled(self) -> bool:
+        """Whether the validation the trainer runs now scores the sample (fitting, with a sample smaller than the
+        split) rather than the whole split: the task then logs `val_sample/...` instead of `val/...`."""
+        trainer = self.trainer
+        fitting = trainer is not None and trainer.state.fn == TrainerFn.FITTING
+        return fitting and self.val_sample(self.val_windows()) is not None
+
+    def val_dataloader(self) -> DataLoader:
+        windows: Dataset = self.val_windows()
+        if self.validation_is_sampled():  # Lightning asks once per fit, and again for each `trainer.validate`
+            windows = Subset(windows, self.val_sample(windows))
         world_size, rank, _ = process_place(self.trainer)
         return DataLoader(
             windows,

@@ -51,3 +51,17 @@ class TokenWindows(Dataset):
         start = index * self.stride
         chunk = torch.from_numpy(self.ids[start : start + self.block_size + 1].astype(np.int64))  # (T+1,)
         return chunk[:-1], chunk[1:]
+
+
+def spread_sample(population: int, size: int, seed: int = 0) -> list[int]:
+    """`size` distinct indices of `range(population)`, one drawn at random from each of `size` equal strata, sorted.
+
+    Stratified rather than uniform: every part of a split that drifts in topic (one play after another) is
+    represented, so the sample's loss varies less around the whole split's. The same arguments give the same indices
+    on every process and run. All indices when `size >= population`.
+    """
+    if size >= population:
+        return list(range(population))
+    rng = np.random.default_rng(seed)
+    bounds = np.linspace(0, population, size + 1).astype(np.int64)  # stratum i: [bounds[i], bounds[i+1])
+    return rng.integers(bounds[:-1], bounds[1:]).tolist()  # ascending: the strata are

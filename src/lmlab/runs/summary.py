@@ -14,6 +14,7 @@ from rich.text import Text
 from lmlab.compute.perf import format_bytes, peak_memory_bytes
 from lmlab.io import atomic_write_text
 from lmlab.models import count_parameters
+from lmlab.runs.timing import WallTimeSplit
 from lmlab.terminal import visible
 
 
@@ -46,7 +47,12 @@ def performance_rows(perf: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def print_run_summary(
-    run_dir: Path, metrics: dict[str, float], checkpoint: Any, sample: str | None, perf: dict[str, Any] | None = None
+    run_dir: Path,
+    metrics: dict[str, float],
+    checkpoint: Any,
+    sample: str | None,
+    perf: dict[str, Any] | None = None,
+    timing: WallTimeSplit | None = None,
 ) -> None:
     """A compact end-of-run report on the terminal."""
     console = Console()
@@ -65,6 +71,8 @@ def print_run_summary(
     if best:
         console.print(f"best checkpoint: {best}")
     console.print(f"run directory: {run_dir}")
+    if timing is not None:
+        console.print(timing.line())
 
 
 def write_summary(
@@ -74,9 +82,11 @@ def write_summary(
     metrics: dict[str, float],
     fit_seconds: float,
     perf: dict[str, Any] | None = None,
+    timing: WallTimeSplit | None = None,
 ) -> None:
     """`summary.json`: final metrics, model family and size, training time and throughput (`tokens_per_s` over the
-    whole fit; `perf`: training steps only, with MFU and peak memory), for reports."""
+    whole fit; `perf`: training steps only, with MFU and peak memory), for reports; `timing`: the run's wall time
+    split into start-up, training, validation and end (`lmlab.runs.timing`)."""
     trainer = task.trainer
     if getattr(task.model, "counting", False):
         tokens = len(datamodule.train_ids())
@@ -94,6 +104,8 @@ def write_summary(
         "tokens_per_s": tokens / fit_seconds if fit_seconds > 0 else None,
         "perf": perf or {},
     }
+    if timing is not None:
+        summary["timing"] = timing.to_dict()
     summary |= scaling_fields(task.model, tokens, getattr(datamodule, "block_size", None))
     if getattr(datamodule, "padding_fraction", None) is not None:  # SFT rows: the share of positions that are padding
         summary["padding_fraction"] = datamodule.padding_fraction

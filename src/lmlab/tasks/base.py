@@ -30,6 +30,9 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+VAL_PREFIX, SAMPLE_PREFIX = "val/", "val_sample/"
+"""Metrics of the whole validation split, and of the fixed sample that validations during fit may score instead."""
+
 FUSED_DEVICES = ("cuda", "cpu")
 """Where `fused: null` picks torch's fused AdamW kernel: one launch per step on CUDA, and on the CPU far cheaper
 than the default per-tensor loop (timings: docs/benchmarks.md)."""
@@ -92,7 +95,8 @@ class ModelTask(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.weight_decay = weight_decay
         self.last_val_step = -1
-        """Global step of the latest validation, so the CLI knows whether the final weights were evaluated."""
+        """Global step of the latest whole-split validation, so the CLI knows whether the final weights were evaluated
+        (a validation of the data's sample during fit does not count)."""
         self._loss_sum: torch.Tensor | float = 0.0
         self._loss_count = 0
         self.token_loss: Callable[..., torch.Tensor] = token_cross_entropy  # compiled with the model
@@ -190,5 +194,19 @@ class ModelTask(pl.LightningModule):
                 module.reset()
 
     def on_validation_epoch_end(self) -> None:
-        if self._trainer is None or not self._trainer.sanity_checking:
+        if self._trainer is None or not (self._trainer.sanity_checking or self.validating_sample()):
             self.last_val_step = self.global_step
+
+    def validating_sample(self) -> bool:
+        """Whether the running validation scores the data's fixed sample (during fit, `data.val_sample_tokens`) rather
+        than the whole split, as the DataModule says; DataModules without a sample always score the whole split."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        sampled = getattr(datamodule, "validation_is_sampled", None)
+        return bool(sampled()) if callable(sampled) else False
+
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        """`LightningModule.log`, except that a validation of the sample logs `val/<metric>` as `val_sample/<metric>`:
+        a sample's number never passes for the whole split's, while each task logs its metrics one way."""
+        if name.startswith(VAL_PREFIX) and self.validating_sample():
+            name = SAMPLE_PREFIX + name.removeprefix(VAL_PREFIX)
+        super().log(name, value, *args, **kwargs)
