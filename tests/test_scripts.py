@@ -273,3 +273,22 @@ def test_nanogpt_compare_quick_runs_both_sides_on_the_same_split(tmp_path: Path)
     assert recipe["max_steps"] == 20 and recipe["model"]["n_embd"] == 16 and recipe["eval_iters"] == 4
     ids = np.fromfile(tmp_path / "work" / "data" / "val.bin", dtype=np.uint16)
     assert 0 < len(ids) < len(TINY_TEXT) // 5  # the validation tenth of the text
+
+
+@pytest.mark.slow
+def test_speedrun_ablation_quick_fits_each_row_to_the_budget_and_prints_the_table(tmp_path: Path) -> None:
+    env = {**os.environ, "LMLAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
+    out = tmp_path / "ablation"
+    done = subprocess.run([sys.executable, str(SCRIPTS / "speedrun_ablation.py"), "--quick", "--rows",
+                           "lr 3e-3,speedrun", "--out", str(out)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "ablation.json").read_text())
+    assert set(results) >= {"default", "lr 3e-3", "speedrun", "speedrun, 5x the budget"}
+    assert results["speedrun, 5x the budget"]["budget_s"] == pytest.approx(5 * results["budget_s"])
+    assert "MuonAdamW" in (out / "speedrun" / "config.yaml").read_text()  # the row ran the speedrun recipe
+    for row in ("lr 3e-3", "speedrun"):
+        assert results[row]["steps"] == 20 and 0 < results[row]["val/loss"] < 5 and results[row]["ms_per_step"] > 0
+    table = re.findall(r"^\| (.+?) \| (\d+) \|", done.stdout, flags=re.M)
+    assert [name for name, _ in table] == ["default `lmlab train` (4 validations)", "lr 3e-3", "speedrun",
+                                           "speedrun, 5x the budget"]  # fmt: skip

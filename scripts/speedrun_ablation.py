@@ -1,0 +1,124 @@
+"""The speedrun's levers one at a time, at equal wall time: which of them buy validation loss on this machine.
+
+    python scripts/speedrun_ablation.py                                   # every row (about 35 min on 2 cores)
+    python scripts/speedrun_ablation.py --rows "lr 3e-3,speedrun"         # some rows (the default always runs)
+    python scripts/speedrun_ablation.py --quick                           # tiny budgets: checks the pipeline
+
+First the default `lmlab train` runs as it is (sampled validations every 500 steps, the whole split at the end); its
+wall time, start-up included, is the budget B every row gets. Each row is the default recipe plus one lever (or the
+whole `experiment=shakespeare_speedrun`), validated once, at the end, over the whole split. Its step budget is
+fitted to B: a probe of `--probe` steps (with a token-sized validation) measures the row's seconds per training
+step, start-up and end; one whole-split validation of the default model, timed alone and scaled by the row's FLOPs
+per token, stands for the row's final validation; the rest of B buys steps (`trainer.max_steps`, which the
+learning-rate schedule follows). The speedrun also runs for 5 B (the issue's second target).
+
+Every run uses the CSV logger only. Prints a markdown table (the README's): steps, ms per step, wall time, validation
+loss over the whole split and the change against the default; writes `ablation.json` in `--out`. Nothing else may
+run on the machine meanwhile (2 cores: another process changes step times several-fold).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from finetune_results import run_stage  # scripts/ is the script's own folder, first on sys.path
+
+FINAL_ONLY = ["trainer.val_check_interval=${trainer.max_steps}", "data.val_sample_tokens=null"]
+"""Validate once, at the end, over the whole split: what the rows are compared on."""
+PROBE = ["data.max_val_tokens=4096", "sample.max_new_tokens=0"]
+"""A probe's validation and sample cost next to nothing: it is there for its training seconds per step."""
+
+ROWS: dict[str, list[str]] = {
+    "default, final validation only": [],
+    "lr 3e-3": ["optimizer.lr=3e-3"],
+    "batch 24, lr 2e-3": ["data.batch_size=24", "optimizer.lr=2e-3"],
+    "warmup-stable-decay": ["scheduler=wsd"],
+    "rotary positions": ["model.pos_embedding=rope"],
+    "RMSNorm": ["model.norm=rmsnorm"],
+    "ReLU²": ["model.activation=relu2"],
+    "QK-norm": ["model.qk_norm=true"],
+    "untied head": ["model.tie_embeddings=false"],
+    "Muon (hidden matrices)": ["optimizer=muon"],
+    "wider, shallower: 2/4/192": ["model.n_layer=2", "model.n_embd=192"],
+    "speedrun": ["experiment=shakespeare_speedrun"],
+}
+"""Row name -> overrides on top of the default recipe validated only at the end (`FINAL_ONLY`)."""
+
+SPEEDRUN = "speedrun"
+LONG_FACTOR = 5
+"""The speedrun's last row trains for this many times the budget (the issue's second target)."""
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def fit_steps(budget: float, probe: dict, validation: float) -> tuple[int, float]:
+    """Steps that fill `budget` seconds after the probe's start-up and end and the final validation; and the
+    probe's seconds per training step."""
+    timing = probe["timing"]
+    per_step = timing["training_s"] / probe["steps"]
+    fixed = timing["startup_s"] + timing["end_s"] + validation
+    return max(10, int((budget - fixed) / per_step)), per_step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("outputs/speedrun_ablation"))
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names (default: all)")
+    parser.add_argument("--probe", type=int, default=60, help="steps of each row's timing probe")
+    parser.add_argument("--quick", action="store_true", help="a 40-step default, 10-step probes, rows of 20 steps")
+    args = parser.parse_args()
+    names = [n.strip() for n in args.rows.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        sys.exit(f"unknown rows {unknown}; choose from: {', '.join(ROWS)}")
+    quick = ["trainer.max_steps=40", "trainer.val_check_interval=20", "sample.max_new_tokens=8"] if args.quick else []
+    probe_steps = 10 if args.quick else args.probe
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    budget = run_stage("default", [], out, quick)  # overrides in `extra`: run_stage formats the others
+    default = summary(out / "default")
+    # One whole-split validation of the default model, alone: what a final-only row pays at the end.
+    run_stage("default.validation", [], out, [*FINAL_ONLY, "trainer.max_steps=1", "sample.max_new_tokens=0"])
+    whole_split = summary(out / "default.validation")["timing"]["validation_s"]
+    print(f"budget: the default run's wall time, {budget:.1f} s; one whole-split validation {whole_split:.1f} s")
+    results: dict = {"budget_s": budget, "whole_split_validation_s": whole_split,
+                     "default": {"val/loss": default["metrics"]["val/loss"], "wall_s": budget,
+                                 "steps": default["steps"], "timing": default["timing"]}}  # fmt: skip
+
+    runs = [(name, ROWS[name], 1) for name in names]
+    if SPEEDRUN in names:
+        runs.append((f"{SPEEDRUN}, {LONG_FACTOR}x the budget", ROWS[SPEEDRUN], LONG_FACTOR))
+    for name, overrides, factor in runs:
+        slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
+        base = [*overrides, *FINAL_ONLY]
+        run_stage(f"{slug}.probe", [], out, [*base, f"trainer.max_steps={probe_steps}", *PROBE])
+        probe = summary(out / f"{slug}.probe")
+        validation = whole_split * probe["flops_per_token"] / default["flops_per_token"]
+        steps, per_step = fit_steps(factor * budget, probe, validation)
+        steps = 20 if args.quick else steps
+        wall = run_stage(slug, [], out, [*base, f"trainer.max_steps={steps}"])
+        info = summary(out / slug)
+        results[name] = {"val/loss": info["metrics"]["val/loss"], "wall_s": wall, "steps": info["steps"],
+                         "budget_s": factor * budget, "ms_per_step": 1e3 * per_step,
+                         "timing": info["timing"]}  # fmt: skip
+        (out / "ablation.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    base_loss = results["default"]["val/loss"]
+    print("\n| row | steps | ms/step | wall time | val loss (whole split) | vs default |")
+    print("|---|---|---|---|---|---|")
+    print(f"| default `lmlab train` (4 validations) | {results['default']['steps']} | | {budget:.0f} s | "
+          f"{base_loss:.4f} | |")  # fmt: skip
+    for name, _, _ in runs:
+        r = results[name]
+        print(f"| {name} | {r['steps']} | {r['ms_per_step']:.1f} | {r['wall_s']:.0f} s | {r['val/loss']:.4f} | "
+              f"{r['val/loss'] - base_loss:+.4f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
