@@ -32,9 +32,9 @@ PROBE = ["data.max_val_tokens=4096", "sample.max_new_tokens=0"]
 """A probe's validation and sample cost next to nothing: it is there for its training seconds per step."""
 
 ROWS: dict[str, list[str]] = {
-    "default, final validation only": [],
+    "default (final validation only)": [],
     "lr 3e-3": ["optimizer.lr=3e-3"],
-    "batch 24, lr 2e-3": ["data.batch_size=24", "optimizer.lr=2e-3"],
+    "batch 24 + lr 2e-3": ["data.batch_size=24", "optimizer.lr=2e-3"],
     "warmup-stable-decay": ["scheduler=wsd"],
     "rotary positions": ["model.pos_embedding=rope"],
     "RMSNorm": ["model.norm=rmsnorm"],
@@ -42,7 +42,7 @@ ROWS: dict[str, list[str]] = {
     "QK-norm": ["model.qk_norm=true"],
     "untied head": ["model.tie_embeddings=false"],
     "Muon (hidden matrices)": ["optimizer=muon"],
-    "wider, shallower: 2/4/192": ["model.n_layer=2", "model.n_embd=192"],
+    "wider and shallower: 2/4/192": ["model.n_layer=2", "model.n_embd=192"],
     "speedrun": ["experiment=shakespeare_speedrun"],
 }
 """Row name -> overrides on top of the default recipe validated only at the end (`FINAL_ONLY`)."""
