@@ -4,7 +4,8 @@
     python scripts/speedrun_ablation.py --rows "lr 3e-3,speedrun"         # some rows (the default always runs)
     python scripts/speedrun_ablation.py --quick                           # tiny budgets: checks the pipeline
 
-First the default `lmlab train` runs as it is (sampled validations every 500 steps, the whole split at the end); its
+After an untimed run that warms the caches (token ids, CPU calibration) and times one whole-split validation alone,
+the default `lmlab train` runs as it is (sampled validations every 500 steps, the whole split at the end); its
 wall time, start-up included, is the budget B every row gets. Each row is the default recipe plus one lever (or the
 whole `experiment=shakespeare_speedrun`), validated once, at the end, over the whole split. Its step budget is
 fitted to B: a probe of `--probe` steps (with a token-sized validation) measures the row's seconds per training
@@ -13,7 +14,8 @@ per token, stands for the row's final validation; the rest of B buys steps (`tra
 learning-rate schedule follows). The speedrun also runs for 5 B (the issue's second target).
 
 Every run uses the CSV logger only. Prints a markdown table (the README's): steps, ms per step, wall time, validation
-loss over the whole split and the change against the default; writes `ablation.json` in `--out`. Nothing else may
+loss over the whole split and the change against the default; writes `ablation.json` in `--out`, where finished
+runs are kept: the same command continues an interrupted ablation. Nothing else may
 run on the machine meanwhile (2 cores: another process changes step times several-fold).
 """
 
@@ -52,6 +54,16 @@ LONG_FACTOR = 5
 """The speedrun's last row trains for this many times the budget (the issue's second target)."""
 
 
+def stage(name: str, overrides: list[str], out: Path) -> float:
+    """`lmlab train` with `overrides` into `out/name` and its wall time; a finished stage (summary.json and the wall
+    time `run_stage` wrote) is kept, so an interrupted ablation continues where it stopped."""
+    wall = out / name / "wall_seconds.txt"
+    if wall.is_file() and (out / name / "summary.json").is_file():
+        print(f"kept: {out / name}", flush=True)
+        return float(wall.read_text())
+    return run_stage(name, [], out, overrides)  # overrides in `extra`: run_stage formats the others
+
+
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
@@ -81,11 +93,12 @@ def main() -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    budget = run_stage("default", [], out, quick)  # overrides in `extra`: run_stage formats the others
-    default = summary(out / "default")
-    # One whole-split validation of the default model, alone: what a final-only row pays at the end.
-    run_stage("default.validation", [], out, [*FINAL_ONLY, "trainer.max_steps=1", "sample.max_new_tokens=0"])
+    # One whole-split validation of the default model, alone: what a final-only row pays at the end. Run first, it
+    # also builds the token cache and the CPU calibration that the timed runs must find ready.
+    stage("default.validation", [*FINAL_ONLY, "trainer.max_steps=1", "sample.max_new_tokens=0"], out)
     whole_split = summary(out / "default.validation")["timing"]["validation_s"]
+    budget = stage("default", quick, out)
+    default = summary(out / "default")
     print(f"budget: the default run's wall time, {budget:.1f} s; one whole-split validation {whole_split:.1f} s")
     results: dict = {"budget_s": budget, "whole_split_validation_s": whole_split,
                      "default": {"val/loss": default["metrics"]["val/loss"], "wall_s": budget,
@@ -95,14 +108,14 @@ def main() -> None:
     if SPEEDRUN in names:
         runs.append((f"{SPEEDRUN}, {LONG_FACTOR}x the budget", ROWS[SPEEDRUN], LONG_FACTOR))
     for name, overrides, factor in runs:
-        slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
+        slug = "".join(c if c.isascii() and c.isalnum() else "_" for c in name).strip("_")  # Hydra paths: ASCII
         base = [*overrides, *FINAL_ONLY]
-        run_stage(f"{slug}.probe", [], out, [*base, f"trainer.max_steps={probe_steps}", *PROBE])
+        stage(f"{slug}.probe", [*base, f"trainer.max_steps={probe_steps}", *PROBE], out)
         probe = summary(out / f"{slug}.probe")
         validation = whole_split * probe["flops_per_token"] / default["flops_per_token"]
         steps, per_step = fit_steps(factor * budget, probe, validation)
         steps = 20 if args.quick else steps
-        wall = run_stage(slug, [], out, [*base, f"trainer.max_steps={steps}"])
+        wall = stage(slug, [*base, f"trainer.max_steps={steps}"], out)
         info = summary(out / slug)
         results[name] = {"val/loss": info["metrics"]["val/loss"], "wall_s": wall, "steps": info["steps"],
                          "budget_s": factor * budget, "ms_per_step": 1e3 * per_step,

@@ -292,3 +292,19 @@ def test_speedrun_ablation_quick_fits_each_row_to_the_budget_and_prints_the_tabl
     table = re.findall(r"^\| (.+?) \| (\d+) \|", done.stdout, flags=re.M)
     assert [name for name, _ in table] == ["default `lmlab train` (4 validations)", "lr 3e-3", "speedrun",
                                            "speedrun, 5x the budget"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_bench_precision_times_both_precisions_per_shape(tmp_path: Path) -> None:
+    env = {**os.environ, "LMLAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_precision.py"), "--shapes", "1/2/16", "--steps", "4",
+                           "--rounds", "1", "--out", str(tmp_path / "bench")], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    peaks = re.search(r"^matmul peak \(\d+ threads\): fp32 ([\d.]+) GFLOP/s, bf16 ([\d.]+) GFLOP/s", done.stdout,
+                      flags=re.M)  # fmt: skip
+    assert peaks and float(peaks[1]) > 0 and float(peaks[2]) > 0
+    row = re.search(r"^\| 1/2/16 \| [\d.]+ M \| ([\d,]+) \| ([\d,]+) \| ([\d.]+)x \|", done.stdout, flags=re.M)
+    assert row and all(float(row[i].replace(",", "")) > 0 for i in (1, 2, 3))
+    configs = sorted((tmp_path / "bench").glob("*/config.yaml"))
+    assert [("bf16-mixed" in p.read_text()) for p in configs] == [False, True]  # 32-true, then bf16-mixed
