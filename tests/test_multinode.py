@@ -18,22 +18,15 @@ import torch
 
 from lmlab.cli.main import worker_overrides
 from lmlab.compute.ranks import RANK_VARIABLES, is_first_process, process_name
-from tests.helpers.compose import TINY_MODEL, TINY_OVERRIDES
+from tests.test_batching import CURVE as SGD_CURVE
 
 STEPS, FIRST_STOP = 8, 4
 TOLERANCE = 1e-5
 TIMEOUT = 300  # seconds per launch: a hung rendezvous fails the test instead of stalling CI
 
-CURVE = [o for o in TINY_OVERRIDES + TINY_MODEL["gpt"] if not o.startswith("trainer.max_steps")] + [
+CURVE = [o for o in SGD_CURVE if not o.startswith("trainer.max_steps")] + [
     "data=text_files",
-    "data.batch_size=4",
-    "batch.global_size=8",  # 2 nodes × 4: no accumulation; 1 process × 4: accumulation 2
-    "scheduler=constant",  # plain SGD without clipping: a wrongly normalised gradient changes the curve
-    "optimizer._target_=torch.optim.SGD",
-    "optimizer.lr=0.5",
-    "~optimizer.betas",
-    "~optimizer.eps",
-    "trainer.gradient_clip_val=0",
+    "data.batch_size=4",  # global 8 (SGD_CURVE): 2 nodes × 4, no accumulation; 1 process × 4, accumulation 2
     "trainer.deterministic=true",
 ]
 TWO_NODES = ["hardware=multinode", "trainer.accelerator=cpu", "trainer.precision=32-true"]
