@@ -15,7 +15,7 @@ from torch.optim import Optimizer
 from torchmetrics import Metric
 
 from lmlab.models import ModelConfig, build_model, model_config_from_dict, model_config_to_dict
-from lmlab.tasks.optimizers import MuonAdamW, hidden_matrices, split_hidden_matrices
+from lmlab.tasks.optimizers import MuonAdamW, hidden_matrices
 from lmlab.tokenizers import Tokenizer
 
 OptimizerFactory = Callable[..., Optimizer]
@@ -124,8 +124,9 @@ class ModelTask(pl.LightningModule):
             return None  # a counting model (n-gram) trains without gradient steps
         if self.optimizer_factory is None:
             raise RuntimeError(f"{type(self).__name__} was built without an optimizer; pass optimizer=... to train")
-        if getattr(getattr(self.optimizer_factory, "func", None), "splits_hidden_matrices", False):
-            groups = split_hidden_matrices(groups, hidden_matrices(self.model))  # e.g. Muon's matrices (MuonAdamW)
+        optimizer_class = getattr(self.optimizer_factory, "func", None)
+        if getattr(optimizer_class, "splits_hidden_matrices", False):  # e.g. Muon's matrices (MuonAdamW)
+            groups = optimizer_class.split_groups(groups, hidden_matrices(self.model))
         loss_scaling = self._trainer is not None and getattr(self.trainer.precision_plugin, "scaler", None) is not None
         optimizer = self.optimizer_factory(groups, **fused_option(self.optimizer_factory, self.device, loss_scaling))
         if self.scheduler_factory is None:
