@@ -93,3 +93,24 @@ def test_missing_data_file_is_one_line(tmp_path) -> None:
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: data file {tmp_path}/nope.txt does not exist; check the path in data.corpus.paths"
     )
+
+
+def test_command_process_freezes_its_objects_for_a_fast_exit(tmp_path) -> None:
+    """The `lmlab` process freezes its heap when the command ends (the exit then skips collecting the imports'
+    objects), even when the command fails; a caller that passes `argv` keeps its collector as it was."""
+    import gc
+    import subprocess
+    import sys
+
+    report = (
+        "import atexit, gc, sys; atexit.register(lambda: print('frozen', gc.get_freeze_count()));"
+        "from lmlab.cli.main import main; sys.argv = ['lmlab', 'report', sys.argv[1]]; main()"
+    )
+    result = subprocess.run([sys.executable, "-c", report, str(tmp_path / "none")], capture_output=True, text=True)
+    assert result.returncode == 1 and "error:" in result.stderr  # the command failed, as a user error
+    frozen = int(result.stdout.split("frozen")[-1])
+    assert frozen > 10_000, result.stdout
+    before = gc.get_freeze_count()
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path / "none")])
+    assert gc.get_freeze_count() == before
