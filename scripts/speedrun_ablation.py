@@ -3,6 +3,7 @@
     python scripts/speedrun_ablation.py                                   # every row (about 35 min on 2 cores)
     python scripts/speedrun_ablation.py --rows "lr 3e-3,speedrun"         # some rows (the default always runs)
     python scripts/speedrun_ablation.py --quick                           # tiny budgets: checks the pipeline
+    python scripts/speedrun_ablation.py --leave-one-out                   # the speedrun less each lever (20 min)
 
 After an untimed run that warms the caches (token ids, CPU calibration) and times one whole-split validation alone,
 the default `lmlab train` runs as it is (sampled validations every 500 steps, the whole split at the end); its
@@ -15,7 +16,12 @@ learning-rate schedule follows). The speedrun also runs for 5 B (the issue's sec
 
 Every run uses the CSV logger only. Prints a markdown table (the README's): steps, ms per step, wall time, validation
 loss over the whole split and the change against the default; writes `ablation.json` in `--out`, where finished
-runs are kept: the same command continues an interrupted ablation. Nothing else may
+runs are kept: the same command continues an interrupted ablation. The 5 B row fits its steps from the 1 B
+speedrun's own timing (hundreds of steps) rather than its probe's.
+
+`--leave-one-out` runs the whole speedrun once per lever with that lever undone (`LEAVE_ONE_OUT`), at the speedrun's
+own step count: the loss per step is what a lever buys, its ms per step what it costs, and a second seed of the whole
+recipe is the noise floor (writes `leave_one_out.json`). Nothing else may
 run on the machine meanwhile (2 cores: another process changes step times several-fold).
 """
 
@@ -54,6 +60,21 @@ SPEEDRUN = "speedrun"
 LONG_FACTOR = 5
 """The speedrun's last row trains for this many times the budget (the issue's second target)."""
 
+LEAVE_ONE_OUT: dict[str, list[str]] = {
+    "speedrun": [],
+    "speedrun, seed 2": ["seed=2"],
+    "- rotary (learned positions)": ["model.pos_embedding=learned"],
+    "- RMSNorm (LayerNorm)": ["model.norm=layernorm"],
+    "- ReLU² (GELU)": ["model.activation=gelu"],
+    "- QK-norm": ["model.qk_norm=false"],
+    "- untied head (tied)": ["model.tie_embeddings=true"],
+    "- Muon (AdamW, lr 3e-3)": ["optimizer=adamw", "~optimizer.muon_lr"],
+    "- warmup-stable-decay (cosine)": ["scheduler=cosine"],
+    "- batch 24 (batch 12)": ["data.batch_size=12"],
+}
+"""`--leave-one-out`: the speedrun without one lever each, at the speedrun's own steps (loss per step does not drift
+with the machine as wall time does); a second seed of the whole recipe shows how much a difference must exceed."""
+
 
 def stage(name: str, overrides: list[str], out: Path) -> float:
     """`lmlab train` with `overrides` into `out/name` and its wall time; a finished stage (summary.json and the wall
@@ -84,7 +105,11 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names (default: all)")
     parser.add_argument("--probe", type=int, default=60, help="steps of each row's timing probe")
     parser.add_argument("--quick", action="store_true", help="a 40-step default, 10-step probes, rows of 20 steps")
+    parser.add_argument("--leave-one-out", action="store_true", help="the speedrun without each lever, equal steps")
     args = parser.parse_args()
+    if args.leave_one_out:
+        leave_one_out(args.out, ["trainer.max_steps=20", "data.max_val_tokens=8192"] if args.quick else [])
+        return
     names = [n.strip() for n in args.rows.split(",") if n.strip()]
     unknown = [n for n in names if n not in ROWS]
     if unknown:
@@ -113,6 +138,8 @@ def main() -> None:
         base = [*overrides, *FINAL_ONLY]
         stage(f"{slug}.probe", [*base, f"trainer.max_steps={probe_steps}", *PROBE], out)
         probe = summary(out / f"{slug}.probe")
+        if factor > 1 and SPEEDRUN in results:  # the 1x row timed the same steps over hundreds of them, not tens
+            probe = {**probe, "steps": results[SPEEDRUN]["steps"], "timing": results[SPEEDRUN]["timing"]}
         validation = whole_split * probe["flops_per_token"] / default["flops_per_token"]
         steps, per_step = fit_steps(factor * budget, probe, validation)
         steps = 20 if args.quick else steps
@@ -124,6 +151,26 @@ def main() -> None:
         (out / "ablation.json").write_text(json.dumps(results, indent=2) + "\n")
 
     print_table(results, [name for name, _, _ in runs])
+
+
+def leave_one_out(out: Path, quick: list[str]) -> None:
+    """Each `LEAVE_ONE_OUT` row: the speedrun with one lever undone, its steps unchanged; prints the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for name, overrides in LEAVE_ONE_OUT.items():
+        slug = "loo_" + "".join(c if c.isascii() and c.isalnum() else "_" for c in name).strip("_")
+        wall = stage(slug, ["experiment=shakespeare_speedrun", *overrides, *quick], out)
+        info = summary(out / slug)
+        rows[name] = {"val/loss": info["metrics"]["val/loss"], "steps": info["steps"], "wall_s": wall,
+                      "ms_per_step": 1e3 * info["timing"]["training_s"] / info["steps"]}  # fmt: skip
+        (out / "leave_one_out.json").write_text(json.dumps(rows, indent=2) + "\n")
+    full = rows["speedrun"]
+    print("\n| row | steps | ms/step | val loss (whole split) | vs speedrun | ms/step vs speedrun |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        delta = "" if name == "speedrun" else f"{r['val/loss'] - full['val/loss']:+.4f}"
+        ratio = "" if name == "speedrun" else f"{r['ms_per_step'] / full['ms_per_step']:.2f}x"
+        print(f"| {name} | {r['steps']} | {r['ms_per_step']:.1f} | {r['val/loss']:.4f} | {delta} | {ratio} |")
 
 
 def print_table(results: dict, names: list[str]) -> None:

@@ -17,6 +17,7 @@ from lmlab.errors import LmlabError
 from lmlab.models import GPT, GPTConfig
 from lmlab.tasks import CausalLMTask, ClassificationTask, MuonAdamW, wsd, wsd_factor
 from tests.helpers.compose import compose_train
+from tests.helpers.runs import stop_at
 
 TINY = {"vocab_size": 40, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16}
 LEVERS = {"activation": "relu2", "qk_norm": True, "tie_embeddings": False, "pos_embedding": "rope", "norm": "rmsnorm"}
@@ -229,7 +230,6 @@ def last_checkpoint(run_dir: Path) -> dict:
 def test_levers_compose_train_and_resume_exactly(tmp_path: Path, tiny_corpus: Path) -> None:
     """Every lever at once through the Hydra config; stopped after 2 of 4 steps and resumed, the run ends with the
     weights of the uninterrupted one (Muon's and AdamW's state and both lrs come back from the checkpoint)."""
-    from tests.test_resume import stop_at
 
     straight = compose_train(tmp_path / "straight", lever_run(tiny_corpus))
     metrics = train(straight)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
@@ -21,26 +19,7 @@ from lmlab.config.resume import finished, new_run_instead, resume_run
 from lmlab.data.sharding import GlobalBatchSampler
 from lmlab.errors import LmlabError
 from tests.helpers.compose import TINY_TEXT, compose_train
-from tests.helpers.runs import base_overrides, metric_rows
-
-
-class SignalsAt(pl.Callback):
-    """Sends this process `signals[i]` at the end of step `steps[i]` (as a scheduler or a Ctrl+C would)."""
-
-    def __init__(self, steps: list[int], signals: list[int]) -> None:
-        self.signals = dict(zip(steps, signals, strict=True))
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
-        if trainer.global_step in self.signals:
-            os.kill(os.getpid(), self.signals[trainer.global_step])
-
-
-def stop_at(steps: list[int], signals: list[int]) -> list[str]:
-    return [
-        "+callbacks.stop._target_=tests.test_resume.SignalsAt",
-        f"+callbacks.stop.steps={steps}",
-        f"+callbacks.stop.signals={signals}",
-    ]
+from tests.helpers.runs import base_overrides, metric_rows, stop_at
 
 
 def test_sampler_starts_inside_an_epoch_and_depends_only_on_seed_and_epoch() -> None:

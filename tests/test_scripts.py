@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
@@ -292,6 +293,29 @@ def test_speedrun_ablation_quick_fits_each_row_to_the_budget_and_prints_the_tabl
     table = re.findall(r"^\| (.+?) \| (\d+) \|", done.stdout, flags=re.M)
     assert [name for name, _ in table] == ["default `lmlab train` (4 validations)", "lr 3e-3", "speedrun",
                                            "speedrun, 5x the budget"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_speedrun_leave_one_out_undoes_one_lever_per_row(tmp_path: Path) -> None:
+    env = {**os.environ, "LMLAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
+    out = tmp_path / "loo"
+    done = subprocess.run([sys.executable, str(SCRIPTS / "speedrun_ablation.py"), "--quick", "--leave-one-out",
+                           "--out", str(out)], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((out / "leave_one_out.json").read_text())
+    assert len(rows) == 10 and all(r["steps"] == 20 and 0 < r["val/loss"] < 5 for r in rows.values())
+
+    def config(row: str) -> dict:
+        return yaml.safe_load((out / f"loo_{row}" / "config.yaml").read_text())
+
+    full, no_muon, no_qk = config("speedrun"), config("Muon__AdamW__lr_3e_3"), config("QK_norm")
+    assert full["optimizer"]["_target_"] == "lmlab.tasks.MuonAdamW" and full["model"]["qk_norm"] is True
+    assert no_muon["optimizer"]["_target_"] == "torch.optim.AdamW" and no_muon["optimizer"]["lr"] == 3e-3
+    assert no_qk["model"]["qk_norm"] is False and no_qk["model"]["norm"] == "rmsnorm"  # only that lever undone
+    assert config("batch_24__batch_12")["data"]["batch_size"] == 12
+    table = re.findall(r"^\| (.+?) \| 20 \|", done.stdout, flags=re.M)
+    assert table == list(rows)
 
 
 @pytest.mark.slow
