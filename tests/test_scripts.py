@@ -296,7 +296,7 @@ def test_speedrun_ablation_quick_fits_each_row_to_the_budget_and_prints_the_tabl
 
 
 @pytest.mark.slow
-def test_speedrun_leave_one_out_undoes_one_lever_per_row(tmp_path: Path) -> None:
+def test_speedrun_leave_one_out_toggles_one_lever_per_row(tmp_path: Path) -> None:
     env = {**os.environ, "LMLAB_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
     out = tmp_path / "loo"
     done = subprocess.run([sys.executable, str(SCRIPTS / "speedrun_ablation.py"), "--quick", "--leave-one-out",
@@ -312,8 +312,9 @@ def test_speedrun_leave_one_out_undoes_one_lever_per_row(tmp_path: Path) -> None
     full, no_muon, no_qk = config("speedrun"), config("Muon__AdamW__lr_3e_3"), config("QK_norm")
     assert full["optimizer"]["_target_"] == "lmlab.tasks.MuonAdamW" and full["model"]["qk_norm"] is True
     assert no_muon["optimizer"]["_target_"] == "torch.optim.AdamW" and no_muon["optimizer"]["lr"] == 3e-3
-    assert no_qk["model"]["qk_norm"] is False and no_qk["model"]["norm"] == "rmsnorm"  # only that lever undone
+    assert no_qk["model"]["qk_norm"] is False and no_qk["model"]["pos_embedding"] == "rope"  # only that lever undone
     assert config("batch_24__batch_12")["data"]["batch_size"] == 12
+    assert full["model"]["norm"] == "layernorm" and config("RMSNorm")["model"]["norm"] == "rmsnorm"  # one added
     table = re.findall(r"^\| (.+?) \| 20 \|", done.stdout, flags=re.M)
     assert table == list(rows)
 
