@@ -21,8 +21,9 @@ from its probe and from the 1 B speedrun's own run (hundreds of steps): a "withi
 
 `--leave-one-out` runs the whole speedrun once per lever with that lever toggled (`LEAVE_ONE_OUT`), at the
 speedrun's own step count: the loss per step is what a lever buys, its ms per step what it costs, and a second seed
-of the whole recipe is the noise floor (writes `leave_one_out.json`). Nothing else may run on the machine meanwhile
-(2 cores: another process changes step times several-fold).
+of the whole recipe is the noise floor (writes `leave_one_out.json`; its runs are kept too, so after changing the
+recipe give it a fresh `--out`). Nothing else may run on the machine meanwhile (2 cores: another process changes step
+times several-fold).
 """
 
 from __future__ import annotations
@@ -87,6 +88,11 @@ def stage(name: str, overrides: list[str], out: Path) -> float:
     return run_stage(name, [], out, overrides)  # overrides in `extra`: run_stage formats the others
 
 
+def folder_name(row: str) -> str:
+    """A row's run folder: its name in ASCII letters, digits and underscores (Hydra's paths must be ASCII)."""
+    return "".join(c if c.isascii() and c.isalnum() else "_" for c in row).strip("_")
+
+
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
@@ -135,7 +141,7 @@ def main() -> None:
     if SPEEDRUN in names:
         runs.append((f"{SPEEDRUN}, {LONG_FACTOR}x the budget", ROWS[SPEEDRUN], LONG_FACTOR))
     for name, overrides, factor in runs:
-        slug = "".join(c if c.isascii() and c.isalnum() else "_" for c in name).strip("_")  # Hydra paths: ASCII
+        slug = folder_name(name)
         base = [*overrides, *FINAL_ONLY]
         stage(f"{slug}.probe", [*base, f"trainer.max_steps={probe_steps}", *PROBE], out)
         probe = summary(out / f"{slug}.probe")
@@ -160,7 +166,7 @@ def leave_one_out(out: Path, quick: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = {}
     for name, overrides in LEAVE_ONE_OUT.items():
-        slug = "loo_" + "".join(c if c.isascii() and c.isalnum() else "_" for c in name).strip("_")
+        slug = "loo_" + folder_name(name)
         wall = stage(slug, ["experiment=shakespeare_speedrun", *overrides, *quick], out)
         info = summary(out / slug)
         rows[name] = {"val/loss": info["metrics"]["val/loss"], "steps": info["steps"], "wall_s": wall,
