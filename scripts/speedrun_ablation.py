@@ -62,7 +62,7 @@ LONG_FACTOR = 5
 """The speedrun's last row trains for this many times the budget (the issue's second target)."""
 
 LEAVE_ONE_OUT: dict[str, list[str]] = {
-    "speedrun": [],
+    SPEEDRUN: [],
     "speedrun, seed 2": ["seed=2"],
     "- rotary (learned positions)": ["model.pos_embedding=learned"],
     "- QK-norm": ["model.qk_norm=false"],
@@ -148,7 +148,7 @@ def main() -> None:
         validation = whole_split * probe["flops_per_token"] / default["flops_per_token"]
         steps, per_step = fit_steps(factor * budget, probe, validation)
         if factor > 1 and SPEEDRUN in results:  # a long run must end within its budget: the slower of two timings
-            one_x = summary(out / "speedrun")
+            one_x = summary(out / folder_name(SPEEDRUN))
             steps, per_step = min((steps, per_step), fit_steps(factor * budget, one_x, validation))
         steps = 20 if args.quick else steps
         wall = stage(slug, [*base, f"trainer.max_steps={steps}"], out)
@@ -172,12 +172,12 @@ def leave_one_out(out: Path, quick: list[str]) -> None:
         rows[name] = {"val/loss": info["metrics"]["val/loss"], "steps": info["steps"], "wall_s": wall,
                       "ms_per_step": 1e3 * info["timing"]["training_s"] / info["steps"]}  # fmt: skip
         (out / "leave_one_out.json").write_text(json.dumps(rows, indent=2) + "\n")
-    full = rows["speedrun"]
+    full = rows[SPEEDRUN]
     print("\n| row | steps | ms/step | val loss (whole split) | vs speedrun | ms/step vs speedrun |")
     print("|---|---|---|---|---|---|")
     for name, r in rows.items():
-        delta = "" if name == "speedrun" else f"{r['val/loss'] - full['val/loss']:+.4f}"
-        ratio = "" if name == "speedrun" else f"{r['ms_per_step'] / full['ms_per_step']:.2f}x"
+        delta = "" if name == SPEEDRUN else f"{r['val/loss'] - full['val/loss']:+.4f}"
+        ratio = "" if name == SPEEDRUN else f"{r['ms_per_step'] / full['ms_per_step']:.2f}x"
         print(f"| {name} | {r['steps']} | {r['ms_per_step']:.1f} | {r['val/loss']:.4f} | {delta} | {ratio} |")
 
 
